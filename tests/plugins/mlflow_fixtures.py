@@ -1,0 +1,1 @@
+"""Fixtures (placeholder; filled in by the owning area)."""
