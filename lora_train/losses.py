@@ -112,7 +112,9 @@ def fix_non_finite(values: torch.Tensor, hard_max: float = HARD_MAX) -> torch.Te
     return values.clamp(min=-hard_max, max=hard_max)
 
 
-def filter_by_quantile(losses: torch.Tensor, valid_range: float, min_elements: int = QUANTILE_MIN_ELEMENTS) -> torch.Tensor:
+def filter_by_quantile(
+    losses: torch.Tensor, valid_range: float, min_elements: int = QUANTILE_MIN_ELEMENTS
+) -> torch.Tensor:
     """Drop the top `1 - valid_range` share of per-pixel losses `[N]` (upstream `filter_by_quantile`).
 
     Only when N > `min_elements`: clamp to `HARD_MAX`, take the threshold as the k-th smallest
@@ -268,7 +270,8 @@ class VGGTLoss:
 
     `objective = camera_weight · loss_camera + depth_weight · (conf + reg + grad)`. The camera term
     is skipped (its entries are 0) when `camera_weight == 0` or the predictions lack
-    `pose_enc_list`. The batch must already be normalised with `normalize_gt`.
+    `pose_enc_list`; the depth terms likewise when `depth_weight == 0` or there is no `depth`.
+    The batch must already be normalised with `normalize_gt`.
 
     Args:
         camera_weight: weight of `loss_camera` in the objective.
@@ -312,30 +315,44 @@ class VGGTLoss:
         """Compute all loss terms.
 
         Args:
-            predictions: model output with `depth [B,S,H,W,1]`, `depth_conf [B,S,H,W]` and
-                optionally `pose_enc_list` (list of `[B,S,9]`).
+            predictions: model output with `depth [B,S,H,W,1]`, `depth_conf [B,S,H,W]` and/or
+                `pose_enc_list` (list of `[B,S,9]`).
             batch: normalised batch with `depths`, `point_masks`, `extrinsics`, `intrinsics` and
                 `images [B,S,3,H,W]` (only its H, W are used).
 
         Returns:
             dict of 0-d tensors with keys `LOSS_KEYS`.
-        """
-        depth_terms = depth_loss(
-            predictions["depth"],
-            predictions["depth_conf"],
-            batch["depths"],
-            batch["point_masks"],
-            gamma=self.depth_gamma,
-            alpha=self.depth_alpha,
-            valid_range=self.valid_range,
-            gradient_loss=self.gradient_loss,
-        )
-        depth_total = depth_terms["loss_conf_depth"] + depth_terms["loss_reg_depth"] + depth_terms["loss_grad_depth"]
-        objective = self.depth_weight * depth_total
 
-        zero = torch.zeros((), dtype=objective.dtype, device=objective.device)
+        Raises:
+            UserError: neither term can be computed.
+        """
+        use_depth = self.depth_weight > 0 and "depth" in predictions
+        use_camera = self.camera_weight > 0 and bool(predictions.get("pose_enc_list"))
+        if not (use_depth or use_camera):
+            raise UserError("loss: nothing to compute (no depth / pose_enc_list predictions with a weight > 0)")
+        reference = predictions["depth"] if use_depth else predictions["pose_enc_list"][-1]
+        zero = reference.new_zeros(())
+        objective = zero
+
+        depth_terms = {"loss_conf_depth": zero, "loss_reg_depth": zero, "loss_grad_depth": zero}
+        if use_depth:
+            depth_terms = depth_loss(
+                predictions["depth"],
+                predictions["depth_conf"],
+                batch["depths"],
+                batch["point_masks"],
+                gamma=self.depth_gamma,
+                alpha=self.depth_alpha,
+                valid_range=self.valid_range,
+                gradient_loss=self.gradient_loss,
+            )
+            depth_total = (
+                depth_terms["loss_conf_depth"] + depth_terms["loss_reg_depth"] + depth_terms["loss_grad_depth"]
+            )
+            objective = self.depth_weight * depth_total
+
         camera_terms = {"loss_camera": zero, "loss_T": zero, "loss_R": zero, "loss_FL": zero}
-        if self.camera_weight > 0 and predictions.get("pose_enc_list"):
+        if use_camera:
             image_hw = tuple((batch["images"] if "images" in batch else batch["depths"]).shape[-2:])
             gt_pose_enc = extri_intri_to_pose_encoding(batch["extrinsics"], batch["intrinsics"], image_hw)
             camera_terms = camera_loss(

@@ -1,0 +1,340 @@
+"""One sweep trial: a Ray Tune function trainable that runs a Ray Train `TorchTrainer`.
+
+    Tune trial (driver, ~0 CPU)                       Ray Train workers (DDP, gloo on CPU)
+    train_driver(config) ── TorchTrainer.fit() ──►    train_worker(loop_config) on every rank
+         ▲                                                 └─ lora_train.run_training(reporter)
+         │  epoch results (metrics, checkpoint dir)             rank 0: TrialReporter.on_epoch
+         └────────────── ray.util.queue.Queue ◄──────────────── ─ MetricLogger (MLflow)
+    tune.report(metrics, checkpoint) per epoch → ASHA decides → the trial is stopped or goes on.
+
+Why a queue and not `ray.train.report` + `TuneReportCallback`: `ray.train.report` is a barrier that
+every worker must call the same number of times, but `lora_train` calls `Reporter.on_epoch` on rank 0
+only (see docs/interfaces.md). Rank 0 therefore hands each epoch's result to the trial driver, which
+reports it to Tune with the epoch's adapter checkpoint; Tune persists that checkpoint, and a retried
+trial resumes the training from it (`resume_from`).
+
+The trial's MLflow child run is created idempotently (by the driver-side callback in
+`sweeps/tracking_callback.py` and, should that not have happened yet, here), so retries and
+restored sweeps log into the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as queue_lib
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lora_train.reporting import Reporter
+from sweeps.space import SweepSpace, trial_overrides
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+END_KEY = "__trial_end__"
+
+
+@dataclass
+class TrialSetup:
+    """Everything a trial needs besides its sampled config (passed with `tune.with_parameters`).
+
+    Attributes:
+        space: the validated sweep space.
+        cli_overrides: training-config overrides from the command line (data root, checkpoint).
+        tracking_uri: MLflow server every trial logs to (must be reachable from the workers).
+        experiment: MLflow experiment name.
+        parent_run_id: the sweep's parent run.
+        sweep_dir: the sweep's storage folder (shared storage on a multi-node cluster).
+        train_fn: `run_training`-compatible callable; None = `lora_train.train.run_training`.
+    """
+
+    space: SweepSpace
+    cli_overrides: dict
+    tracking_uri: str | None
+    experiment: str
+    parent_run_id: str | None
+    sweep_dir: str
+    train_fn: Callable | None = None
+    extra_env: dict = field(default_factory=dict)
+
+    def use_gpu(self) -> bool:
+        return self.space.gpus_per_trial > 0
+
+
+def overrides_for(config: dict, setup: TrialSetup, trial_id: str) -> dict:
+    """Dotted training-config overrides of one trial (space + CLI + per-trial output dir)."""
+    overrides = trial_overrides(config, setup.space)
+    overrides.update(setup.cli_overrides)
+    overrides["train.output_dir"] = str(Path(setup.sweep_dir) / "trials" / trial_id)
+    overrides["train.progress_bar"] = False
+    return overrides
+
+
+def trial_run_name(trial_id: str, overrides: dict) -> str:
+    return f"{trial_id}-{overrides.get('lora.strategy', '?')}-r{overrides.get('lora.rank', '?')}"
+
+
+# ------------------------------------------------------------------------------ Tune trainable
+
+
+def train_driver(config: dict, setup: TrialSetup) -> None:
+    """The Tune function trainable: run a Train run for this trial, forward its epochs to Tune."""
+    import ray
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
+
+    trial_id = tune.get_context().get_trial_id()
+    overrides = overrides_for(config, setup, trial_id)
+    run_id = open_trial_run(setup, trial_id, overrides)
+
+    resume = tune.get_checkpoint()  # set when Tune retries this trial or restores the sweep
+    results = Queue(actor_options={"num_cpus": 0})
+    space = setup.space
+    workers = space.workers_per_trial
+    per_worker = {"CPU": space.cpus_per_trial / workers}
+    if setup.use_gpu():
+        per_worker["GPU"] = space.gpus_per_trial / workers
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "overrides": overrides, "base_config": _base_path(space), "results": results,
+            "resume": resume, "run_id": run_id, "tracking_uri": setup.tracking_uri,
+            "train_fn": setup.train_fn, "threads": max(1, int(per_worker["CPU"])),
+            "metric": space.metric, "mode": space.mode, "env": setup.extra_env,
+        },
+        torch_config=TorchConfig(backend="nccl" if setup.use_gpu() else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=setup.use_gpu(), resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-trial_id={trial_id}",  # stable: a re-launched driver finds its Train run
+            storage_path=str(Path(setup.sweep_dir) / "train"),
+        ),
+    )
+
+    errors: list[BaseException] = []
+
+    def fit():
+        try:
+            trainer.fit()
+        except BaseException as err:  # re-raised in the trial's thread below
+            errors.append(err)
+
+    thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
+    thread.start()
+    while True:
+        try:
+            item = results.get(timeout=0.5)
+        except queue_lib.Empty:
+            if thread.is_alive():
+                continue
+            if results.empty():
+                break
+            continue
+        if END_KEY in item:
+            if item[END_KEY] == "diverged":  # one last result so the driver side knows why
+                tune.report({setup.space.metric: float("nan"), "train_status": "diverged",
+                             "stop_reason": item.get("reason", "")})
+            continue
+        checkpoint_dir = item.pop("checkpoint_dir", None)
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(item, checkpoint=checkpoint)
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def open_trial_run(setup: TrialSetup, trial_id: str, overrides: dict) -> str | None:
+    """The trial's MLflow child run (idempotent: returns the existing one on retry/restore)."""
+    if setup.parent_run_id is None:
+        return None
+    from tracking.runs import SweepTracker
+
+    tracker = SweepTracker(setup.tracking_uri, setup.experiment, parent_run_id=setup.parent_run_id)
+    return tracker.open_trial(trial_id, params=overrides, run_name=trial_run_name(trial_id, overrides))
+
+
+def _base_path(space: SweepSpace) -> str | None:
+    return str(space.base_config_path) if space.base_config_path else None
+
+
+# ------------------------------------------------------------------------------ Train workers
+
+
+def train_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker: build the config, train, report epochs from rank 0."""
+    import ray.train
+    import torch
+
+    from lora_train.config import load_config
+
+    for key, value in (loop_config.get("env") or {}).items():
+        os.environ[key] = str(value)
+    torch.set_num_threads(loop_config["threads"])
+    rank = ray.train.get_context().get_world_rank()
+    config = load_config(loop_config["base_config"], loop_config["overrides"])
+
+    resume_from = None
+    checkpoint = loop_config["resume"]
+    if checkpoint is not None:  # every rank needs the adapter and trainer state
+        resume_from = tempfile.mkdtemp(prefix="resume-")
+        checkpoint.to_directory(resume_from)
+
+    reporter: Reporter = Reporter()
+    if rank == 0:
+        reporter = TrialReporter(
+            loop_config["results"], loop_config["tracking_uri"], loop_config["run_id"],
+            spool_dir=Path(config.train.output_dir), metric=loop_config["metric"],
+            mode=loop_config["mode"], overrides=loop_config["overrides"],
+        )
+    train_fn = loop_config["train_fn"]
+    if train_fn is None:
+        from lora_train.train import run_training as train_fn
+    try:
+        result = train_fn(config, reporter, resume_from=resume_from)
+        if rank == 0:
+            reporter.finish(result)
+    finally:
+        if rank == 0:
+            reporter.close()
+        if resume_from:
+            shutil.rmtree(resume_from, ignore_errors=True)
+
+
+class TrialReporter(Reporter):
+    """Rank 0's reporter: epochs → the trial driver (→ Tune, ASHA); steps/epochs/files → MLflow.
+
+    MLflow gets every step's metrics, every epoch's validation metrics and adapter
+    (`adapter/`), the resolved `config.yaml`, and `eval/metrics.json` + `eval/visualizations/*.png`
+    of the best epoch. Tracking problems never fail the trial (the logger spools and replays).
+    """
+
+    def __init__(self, results, tracking_uri, run_id, spool_dir: Path, metric: str, mode: str,
+                 overrides: dict):
+        self.results = results
+        self.run_id = run_id
+        self.metric, self.mode = metric, mode
+        self.best_value = None
+        self.logged_params = False
+        self.overrides = overrides
+        self.output_dir = spool_dir
+        self.logger = None
+        if run_id is not None:
+            from tracking.logger import MetricLogger
+
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            self.logger = MetricLogger(
+                tracking_uri, run_id, spool_path=str(spool_dir / "mlflow_spool.jsonl"),
+                best={metric: mode, "val/abs_rel": "min"},
+            )
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        if self.logger:
+            self.logger.log_metrics(_numeric(metrics), step=step)
+
+    def on_epoch(self, epoch: int, metrics: dict, checkpoint_dir: str | None) -> None:
+        metrics = _numeric(metrics)
+        if self.logger:
+            self._log_epoch(epoch, metrics, checkpoint_dir)
+        # Tune needs the metric in every result; NaN makes ASHA stop a broken trial.
+        report = {**metrics, "epoch": epoch}
+        report.setdefault(self.metric, float("nan"))
+        if checkpoint_dir:
+            report["checkpoint_dir"] = checkpoint_dir
+        self.results.put(report)
+
+    def _log_epoch(self, epoch, metrics, checkpoint_dir):
+        step = int(metrics.get("step", epoch))
+        self.logger.log_metrics({k: v for k, v in metrics.items() if k not in ("step",)}, step=step)
+        if not self.logged_params and checkpoint_dir:
+            self.logger.log_params({"lora.trainable_params": adapter_param_count(checkpoint_dir)})
+            config_yaml = self.output_dir / "config.yaml"
+            if config_yaml.is_file():
+                self.logger.log_artifacts(str(_single_file_dir(config_yaml)), "")
+            self.logged_params = True
+        if checkpoint_dir:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name in ADAPTER_FILES:
+                    if (Path(checkpoint_dir) / name).is_file():
+                        shutil.copy2(Path(checkpoint_dir) / name, Path(tmp) / name)
+                self.logger.log_artifacts(tmp, "adapter")
+        value = metrics.get(self.metric)
+        if value is not None and value == value and checkpoint_dir and self._is_better(value):
+            self.best_value = value
+            self._log_eval(epoch, metrics, checkpoint_dir)
+        self.logger.flush()
+
+    def _is_better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.mode == "min" else value > self.best_value
+
+    def _log_eval(self, epoch, metrics, checkpoint_dir):
+        """`eval/metrics.json` and `eval/visualizations/*.png` of the best epoch so far."""
+        with tempfile.TemporaryDirectory() as tmp:
+            eval_dir = Path(tmp)
+            record = {"epoch": epoch, "checkpoint": str(checkpoint_dir),
+                      "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")}}
+            (eval_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+            for png_dir in (Path(checkpoint_dir) / "visualizations", self.output_dir / "visualizations"):
+                if png_dir.is_dir():
+                    shutil.copytree(png_dir, eval_dir / "visualizations", dirs_exist_ok=True)
+                    break
+            self.logger.log_artifacts(str(eval_dir), "eval")
+
+    def on_end(self, status: str, reason: str = "") -> None:
+        if self.logger:
+            self.logger.set_tags({"trial.train_status": status, **({"trial.stop_reason": reason}
+                                                                   if status != "completed" else {})})
+            self.logger.flush()
+        self.results.put({END_KEY: status, "reason": reason})
+
+    def finish(self, result) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.logger:
+            try:
+                self.logger.flush()
+                self.logger.close()
+            except Exception:  # tracking must never fail a trial
+                pass
+
+
+def adapter_param_count(checkpoint_dir: str) -> int:
+    """Number of trainable parameters saved in a PEFT adapter file."""
+    from safetensors import safe_open
+
+    total = 0
+    path = Path(checkpoint_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        return 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= d
+            total += n
+    return total
+
+
+def _single_file_dir(path: Path) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="artifact-"))
+    shutil.copy2(path, tmp / path.name)
+    return tmp
+
+
+def _numeric(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            v = float(v)
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out

@@ -1,0 +1,128 @@
+"""Space file: parsing, one-line errors with line numbers, the define-by-run search space."""
+
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+
+from lora_train.errors import UserError
+from sweeps.space import DefineByRun, load_space, trial_overrides
+
+GOOD = textwrap.dedent("""\
+    name: t1
+    budget: {num_samples: 3, max_epochs: 2}
+    asha: {grace_period: 1, reduction_factor: 2}
+    base_config:
+      overrides: {train.steps_per_epoch: 2}
+    strategies:
+      A: {}
+      C:
+        optim.lr: {type: float, low: 1e-5, high: 1e-4, log: true}
+      late:
+        lora.target_regex: {type: fixed, value: 'aggregator\\.global_blocks\\.\\d+\\.attn\\.qkv'}
+    parameters:
+      lora.rank: {type: int, low: 4, high: 16, log: true}
+      lora.alpha_ratio: {choices: [1, 2]}
+      lora.use_dora: false
+      optim.lr: {type: float, low: 3e-4, high: 3e-3, log: true}
+    points_to_evaluate:
+      - {lora.strategy: C, lora.rank: 8, optim.lr: 5e-5}
+    """)
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_space_parses(tmp_path):
+    space = load_space(write(tmp_path, GOOD), validate_config=False)
+    assert space.name == "t1" and space.metric == "val/abs_rel" and space.mode == "min"
+    assert space.num_samples == 3 and space.max_epochs == 2
+    assert [s.label for s in space.strategies] == ["A", "C", "late"]
+    assert space.strategy("late").train_strategy == "custom"
+    assert space.points_to_evaluate == [
+        {"lora/strategy": "C", "lora/rank": 8, "by_strategy/C/optim/lr": 5e-5}]
+
+
+def test_define_by_run_is_conditional_and_maps_to_overrides(tmp_path):
+    space = load_space(write(tmp_path, GOOD), validate_config=False)
+    search = space.define_by_run()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        constants = search(trial)
+        label = trial.params["lora/strategy"]
+        seen.add(label)
+        # C gets its own (lower) lr range under a conditional name; the others the general one.
+        if label == "C":
+            assert "optim/lr" not in trial.params
+            assert 1e-5 <= trial.params["by_strategy/C/optim/lr"] <= 1e-4
+        else:
+            assert 3e-4 <= trial.params["optim/lr"] <= 3e-3
+        assert constants["lora/use_dora"] is False
+        nested = {}
+        for name, value in {**trial.params, **constants}.items():  # what Ray's unflatten does
+            *parents, leaf = name.split("/")
+            node = nested
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        overrides = trial_overrides(nested, space)
+        assert overrides["lora.strategy"] == ("custom" if label == "late" else label)
+        assert overrides["lora.alpha"] == trial.params["lora/alpha_ratio"] * trial.params["lora/rank"]
+        assert overrides["train.epochs"] == 2 and overrides["train.steps_per_epoch"] == 2
+        assert overrides["optim.lr"] == trial.params.get("by_strategy/C/optim/lr", trial.params.get("optim/lr"))
+        if label == "late":
+            assert overrides["lora.target_regex"].startswith("aggregator")
+        assert not any(k.startswith("by_strategy") for k in overrides)
+        study.tell(trial, 1.0)
+    assert seen == {"A", "C", "late"}
+
+
+def test_define_by_run_pickles(tmp_path):
+    import pickle
+
+    space = load_space(write(tmp_path, GOOD), validate_config=False)
+    search = pickle.loads(pickle.dumps(space.define_by_run()))
+    assert isinstance(search, DefineByRun)
+
+
+BAD = [
+    # (what to change, expected line, expected words)
+    ("budget: {num_samples: 3, max_epochs: 2}", "budget: {num_samples: 3, max_epochs: 2, typo: 1}", 2, "budget.typo: unknown key"),
+    ("lora.rank: {type: int, low: 4, high: 16, log: true}", "lora.rank: {type: int, low: 16, high: 4}", 13, "lora.rank: empty range"),
+    ("  A: {}", "  D: {}", 7, "unknown strategy 'D'"),
+    ("lora.rank: {type: int, low: 4, high: 16, log: true}", "lora.rank: {type: int, low: four, high: 16}", 13, "lora.rank.low: expected an integer"),
+    ("lora.alpha_ratio: {choices: [1, 2]}", "lora.alpha_ratio: {choices: []}", 14, "lora.alpha_ratio.choices: empty"),
+    ("lora.use_dora: false", "lora.use_dora: {type: boolean}", 15, "unknown type 'boolean'"),
+    ("  - {lora.strategy: C, lora.rank: 8, optim.lr: 5e-5}", "  - {lora.strategy: C, lora.rank: 8, optim.lr: 5e-3}", 18, "outside the range"),
+    ("  - {lora.strategy: C, lora.rank: 8, optim.lr: 5e-5}", "  - {lora.strategy: Z}", 18, "unknown strategy 'Z'"),
+    ("name: t1", "name: t1\nmode: maximize", 2, "mode: expected min or max"),
+    ("asha: {grace_period: 1, reduction_factor: 2}", "asha: {grace_period: 5, reduction_factor: 2}", 3, "asha.grace_period: 5 exceeds"),
+    ("name: t1", "name: t1\nbudget: {num_samples: 3}", 3, "duplicate key"),
+    ("lora.use_dora: false", "lora.use_dora: [true, false]", 15, "a list is ambiguous"),
+    ("optim.lr: {type: float, low: 3e-4, high: 3e-3, log: true}", "optim.lr: {type: float, low: 0, high: 3e-3, log: true}", 16, "log range needs low > 0"),
+    ("name: t1", "name: t1\n  bad: [", 2, "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("old,new,line,words", BAD, ids=[b[3] for b in BAD])
+def test_bad_space_one_line_error_with_line(tmp_path, old, new, line, words):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(UserError) as err:
+        load_space(path, validate_config=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{path}:{line}:" in message, message
+    assert words in message, message
+
+
+def test_missing_file_names_flag(tmp_path):
+    with pytest.raises(UserError, match="--space: no such file"):
+        load_space(tmp_path / "nope.yaml")

@@ -1,0 +1,289 @@
+"""The run layout every other part and the MLflow UI rely on.
+
+    experiment  <sweep name>
+    └─ parent run  (tag sweep.role=parent, sweep.name)   params space.<dotted>, artifact space.yaml,
+       │                                                 tag best.run_id, metrics best/*, leaderboard/*
+       └─ child run per trial (sweep.role=trial, mlflow.parentRunId, ray.trial_id)
+            params lora.*, optim.*, ..., lora.trainable_params
+            metrics train/*, val/*, best/val_abs_rel, cost/*, time/step_s
+            tags trial.status ∈ completed|early_stopped|failed|diverged, trial.stop_reason
+            artifacts adapter/, eval/metrics.json, eval/visualizations/*.png, config.yaml
+
+Runs are found by tags, never remembered only in memory: opening the same parent or trial twice
+(a restarted driver, a retried trial) returns the same run.
+"""
+
+import logging
+import os
+import time
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+
+from tracking.errors import TrackingError
+from tracking.params import MAX_TAG_VALUE_LENGTH, batches, best_metric_name, flatten_params, truncate
+from tracking.server import validate_tracking_uri
+
+_log = logging.getLogger(__name__)
+
+ROLE_TAG = "sweep.role"
+SWEEP_TAG = "sweep.name"
+TRIAL_ID_TAG = "ray.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+STATUS_TAG = "trial.status"
+REASON_TAG = "trial.stop_reason"
+BEST_RUN_TAG = "best.run_id"
+CHAMPION_ALIAS = "champion"
+# Makes the UI open the experiment in its "Model training" (runs table) view, not the GenAI one.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+# trial.status → MLflow run status.
+TRIAL_STATUSES = {
+    "completed": RunStatus.to_string(RunStatus.FINISHED),
+    "early_stopped": RunStatus.to_string(RunStatus.KILLED),
+    "failed": RunStatus.to_string(RunStatus.FAILED),
+    "diverged": RunStatus.to_string(RunStatus.FAILED),
+}
+
+
+class SweepTracker:
+    """Creates and finds the runs of one sweep: the parent run and one child run per trial.
+
+    Args:
+        tracking_uri: the MLflow server, `http://host:port`.
+        experiment: experiment name (one per sweep name); created unless `create=False`.
+        parent_run_id: attach to an existing parent (trial workers, the compare CLI).
+        create: False raises `TrackingError` when the experiment does not exist.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, *, parent_run_id: str | None = None, create: bool = True):
+        self.tracking_uri = validate_tracking_uri(tracking_uri)
+        if not experiment or not str(experiment).strip():
+            raise TrackingError("experiment name is empty")
+        self.experiment = experiment
+        self.client = MlflowClient(self.tracking_uri)
+        self.experiment_id = self._experiment_id(experiment, create)
+        self.parent_run_id = parent_run_id
+
+    # ---- parent ----
+
+    def open_parent(self, sweep_name: str, space: dict, space_yaml: str, run_id: str | None = None) -> str:
+        """Open (or reopen) the sweep's parent run and return its id.
+
+        Reuses `run_id` if given (resume), else the existing parent tagged with `sweep_name`,
+        else creates one. The space is logged as `space.<dotted>` params and as `space.yaml`;
+        reopening with a different space raises `TrackingError` (params are write-once).
+        """
+        run = self.get_run(run_id) if run_id else self._find_one({ROLE_TAG: "parent", SWEEP_TAG: sweep_name})
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=sweep_name,
+                                         tags={ROLE_TAG: "parent", SWEEP_TAG: sweep_name})
+        elif run.info.experiment_id != self.experiment_id:
+            raise TrackingError(f"parent run {run.info.run_id} belongs to another experiment than {self.experiment!r}")
+        self.parent_run_id = run.info.run_id
+        self._reopen(run)
+        params = {f"space.{k}": v for k, v in flatten_params(space).items()}
+        changed = sorted(k for k, v in params.items() if run.data.params.get(k, v) != v)
+        if changed:
+            raise TrackingError(
+                f"sweep {sweep_name!r} was started with a different search space ({changed[0]} differs); "
+                "use a new sweep name"
+            )
+        self._log_batch(self.parent_run_id, params={k: v for k, v in params.items() if k not in run.data.params})
+        self.client.log_text(self.parent_run_id, space_yaml, "space.yaml")
+        return self.parent_run_id
+
+    def finish_parent(self, best_run_id: str | None, best_metrics: dict, leaderboard_files: list) -> None:
+        """Record the winner (`best.run_id`, `best/*` metrics), attach the leaderboard, end the parent."""
+        parent = self.require_parent()
+        tags = {BEST_RUN_TAG: best_run_id} if best_run_id else {}
+        metrics = {best_metric_name(k): v for k, v in best_metrics.items() if v is not None}
+        self._log_batch(parent, metrics=metrics, tags=tags)
+        for path in leaderboard_files:
+            self.client.log_artifact(parent, str(path), "leaderboard")
+        self.client.set_terminated(parent, "FINISHED")
+
+    # ---- trials ----
+
+    def open_trial(self, trial_id: str, params: dict, run_name: str | None = None) -> str:
+        """Open the child run of `trial_id` and return its id; the same trial always gets the same run.
+
+        `params` may be nested (flattened to dotted names). Params already logged are kept.
+        """
+        parent = self.require_parent()
+        tags = {ROLE_TAG: "trial", PARENT_TAG: parent, TRIAL_ID_TAG: str(trial_id)}
+        run = self._find_trial(trial_id)
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=run_name or str(trial_id), tags=tags)
+            run = self._settle_duplicates(trial_id, run)
+        else:
+            self._reopen(run)
+        flat = flatten_params(params)
+        for key in sorted(k for k, v in flat.items() if k in run.data.params and run.data.params[k] != v):
+            _log.warning("trial %s: param %s already logged as %r; keeping it (new value %r)",
+                         trial_id, key, run.data.params[key], flat[key])
+        self._log_batch(run.info.run_id, params={k: v for k, v in flat.items() if k not in run.data.params})
+        return run.info.run_id
+
+    def close_trial(self, run_id: str, status: str, reason: str = "") -> None:
+        """Tag the terminal `trial.status`/`trial.stop_reason` and end the run (FINISHED/KILLED/FAILED).
+
+        Called by the driver, so runs of trials killed by early stopping are not left RUNNING.
+        """
+        if status not in TRIAL_STATUSES:
+            raise TrackingError(f"trial status {status!r} is not one of {', '.join(TRIAL_STATUSES)}")
+        self._log_batch(run_id, tags={STATUS_TAG: status, REASON_TAG: reason})
+        self.client.set_terminated(run_id, TRIAL_STATUSES[status])
+
+    def trial_runs(self) -> list:
+        """All child runs of the parent (`mlflow.entities.Run`), oldest first."""
+        parent = self.require_parent()
+        return self._search(f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{ROLE_TAG}` = 'trial'",
+                            order_by=["attributes.start_time ASC"])
+
+    def ui_url(self) -> str:
+        """The MLflow UI's runs table of this sweep's trials, best `best/val_abs_rel` first."""
+        from urllib.parse import quote
+
+        query = (f"searchFilter={quote(f'tags.`{ROLE_TAG}` = ' + repr('trial'))}"
+                 f"&orderByKey={quote('metrics.`best/val_abs_rel`')}&orderByAsc=true")
+        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs?{query}"
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        """Every logged value of `key` in `run_id` (`mlflow.entities.Metric`), by step."""
+        return sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+
+    # ---- registry ----
+
+    def register_champion(self, run_id: str, model_name: str, python_model, artifacts: dict,
+                          pip_requirements=None, *, code_paths=None, alias: str = CHAMPION_ALIAS) -> int:
+        """Log `python_model` (an `mlflow.pyfunc.PythonModel`) with `artifacts` in `run_id`,
+        register it under `model_name` and point the alias `champion` at it; return the version.
+
+        `pip_requirements` default: the installed versions of mlflow, torch, peft, safetensors,
+        numpy and pyyaml (skips MLflow's slow requirement inference).
+        """
+        import mlflow
+
+        run = self.get_run(run_id)
+        if run is None:
+            raise TrackingError(f"run {run_id} does not exist on {self.tracking_uri}")
+        for name, path in artifacts.items():
+            if not os.path.exists(path):
+                raise TrackingError(f"model artifact {name!r} not found at {path}")
+        previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=python_model, artifacts=artifacts,
+                    pip_requirements=pip_requirements or default_requirements(), code_paths=code_paths,
+                    registered_model_name=model_name,
+                )
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+            if run.info.status != "RUNNING":  # start_run reopened it: restore FINISHED/KILLED/FAILED
+                self.client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
+        version = int(info.registered_model_version)
+        self.client.set_registered_model_alias(model_name, alias, str(version))
+        self.client.set_model_version_tag(model_name, str(version), "source.run_id", run_id)
+        return version
+
+    # ---- helpers ----
+
+    def _experiment_id(self, name: str, create: bool) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage != "active":
+                raise TrackingError(f"experiment {name!r} is deleted on {self.tracking_uri}; restore it or pick another name")
+            return experiment.experiment_id
+        if not create:
+            raise TrackingError(f"experiment {name!r} not found on {self.tracking_uri}")
+        try:
+            return self.client.create_experiment(name, tags=dict([EXPERIMENT_KIND_TAG]))
+        except MlflowException as err:  # another process created it first
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def require_parent(self) -> str:
+        if self.parent_run_id:
+            return self.parent_run_id
+        run = self._find_one({ROLE_TAG: "parent"})
+        if run is None:
+            raise TrackingError(f"experiment {self.experiment!r} has no sweep parent run")
+        self.parent_run_id = run.info.run_id
+        return self.parent_run_id
+
+    def _find_trial(self, trial_id: str):
+        return self._find_one({ROLE_TAG: "trial", PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: str(trial_id)})
+
+    def _settle_duplicates(self, trial_id: str, created):
+        """Two processes racing to open one trial: the oldest run wins, the others are deleted."""
+        runs = self._search(_tag_filter({PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: str(trial_id)}),
+                            order_by=["attributes.start_time ASC"])
+        runs.sort(key=lambda r: (r.info.start_time, r.info.run_id))
+        winner = runs[0] if runs else created
+        if winner.info.run_id != created.info.run_id:
+            self.client.delete_run(created.info.run_id)
+        return winner
+
+    def _find_one(self, tags: dict):
+        """The newest active run with all `tags`, or None."""
+        runs = self._search(_tag_filter(tags), order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def _search(self, filter_string: str, order_by=None, max_results: int | None = None) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, ViewType.ACTIVE_ONLY,
+                                           max_results=max_results or 1000, order_by=order_by, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token or (max_results and len(runs) >= max_results):
+                return runs
+
+    def get_run(self, run_id: str):
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise TrackingError(f"run {run_id} not found on {self.tracking_uri}") from None
+            raise
+        if run.info.lifecycle_stage != "active":
+            raise TrackingError(f"run {run_id} is deleted on {self.tracking_uri}")
+        return run
+
+    def _reopen(self, run) -> None:
+        if run.info.status != "RUNNING":
+            self.client.update_run(run.info.run_id, status="RUNNING")
+
+    def _log_batch(self, run_id: str, metrics: dict | None = None, params: dict | None = None,
+                   tags: dict | None = None) -> None:
+        now = int(time.time() * 1000)
+        metric_list = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        tag_list = [RunTag(k, truncate(k, str(v), MAX_TAG_VALUE_LENGTH)) for k, v in (tags or {}).items()]
+        for m, p, t in batches(metric_list, param_list, tag_list):
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+
+
+def default_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("mlflow", "torch", "peft", "safetensors", "numpy", "pyyaml"):
+        try:
+            pins.append(f"{package}=={version(package)}".replace("+cpu", ""))
+        except PackageNotFoundError:
+            pass
+    return pins
+
+
+def _tag_filter(tags: dict) -> str:
+    return " and ".join(f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items())
+
+
+def _quote(value) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
