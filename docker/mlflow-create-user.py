@@ -10,6 +10,9 @@ Prints no secret. Exit code 2 on a missing setting, 1 when the server refuses.
 import os
 import sys
 import time
+import warnings
+
+warnings.filterwarnings("ignore")  # keep the output to our own lines (mlflow warns on import)
 
 from mlflow.exceptions import MlflowException
 from mlflow.server.auth.client import AuthServiceClient

@@ -31,13 +31,13 @@ ASSET_VERSION = 1
 class TinyBaseRecipe:
     """How the tiny base is trained (all parameters, camera + depth heads, generic scenes)."""
 
-    steps: int = 1200
+    steps: int = 300
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     num_scenes: int = 8
     num_views: int = 3
-    width: int = 140
+    width: int = 126
     batch_size: int = 2
     seed: int = 0
     views_per_scene: int = 10
@@ -191,7 +191,7 @@ def train_tiny_base(recipe: TinyBaseRecipe, cache_dir: Path, progress: bool = Tr
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(objective))
+        losses.append(objective.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     tail = losses[-max(1, len(losses) // 10):]

@@ -42,7 +42,7 @@ class DataConfig:
     scenes: Optional[list[str]] = None  # null = every scene under root
     val_scenes: Optional[list[str]] = None  # null = the data module's stable hash-based scene split
     num_views: int = 3
-    width: int = 140
+    width: int = 126
     batch_size: int = 1  # per process
     num_workers: int = 0
     color_jitter: bool = False
@@ -216,13 +216,14 @@ def validate(config: TrainConfig, source: str = "config") -> None:
     )
 
 
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically); `load_config(path)` reads it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     tmp.replace(path)
+    return path
 
 
 # --- YAML reading -------------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--align", default=None, choices=ALIGN_MODES, help="depth alignment (default: eval.align)")
     parser.add_argument("--out", default=None, help="output directory (default: <train.output_dir>/eval)")
     parser.add_argument("--split", default="val", choices=("val", "train"))
-    parser.add_argument("--max-windows", type=int, default=None)
+    parser.add_argument("--max-windows", type=int, default=None, help="default: data.max_val_windows (all)")
     parser.add_argument("--num-vis", type=int, default=None, help="windows to visualise (default: eval.num_visualizations)")
     args, extra = parser.parse_known_args(argv)
     config = _load_config(args, parse_overrides(extra))
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         with context():
             results[label] = evaluate_model(
                 model, dataset, align, loss_fn=loss_fn, device=device, amp_dtype=amp,
-                max_windows=args.max_windows, on_window=keep,
+                max_windows=args.max_windows or config.data.max_val_windows, on_window=keep,
             )
     for index, (window, predictions) in sorted(shown.items()):
         save_visualization(out_dir / "visualizations" / f"window_{index:03d}.png", window, predictions, align)

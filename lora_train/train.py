@@ -289,7 +289,8 @@ def _is_better(metrics: dict, best: dict) -> bool:
 # --- the recipe ----------------------------------------------------------------------------------
 
 
-def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resume_from=None) -> TrainResult:
+def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resume_from=None,
+                 device: torch.device | str | None = None) -> TrainResult:
     """Fine-tune VGGT with LoRA as `config` says, reporting to `reporter`.
 
     Args:
@@ -298,15 +299,21 @@ def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resum
             checkpoint dir) and `on_end` (rank 0). Default: silent.
         resume_from: a checkpoint directory written by an earlier run of the same config; training
             continues from the epoch after it with the saved optimizer, scheduler and RNG states.
+        device: this process's device when the launcher knows better than `train.device` and
+            LOCAL_RANK (Ray Train: `ray.train.torch.get_device()`).
 
     Returns:
         `TrainResult`. Exceptions propagate after `reporter.on_end("failed", ...)`.
     """
     reporter = reporter or Reporter()
-    info = init_distributed("cuda" if config.train.device == "cuda" or (
-        config.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+    if device is not None:
+        device = torch.device(device)
+        wants_gpu = device.type == "cuda"
+    else:
+        wants_gpu = config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available())
+    info = init_distributed("cuda" if wants_gpu else "cpu")
     try:
-        result = _train(config, reporter, info, resume_from)
+        result = _train(config, reporter, info, resume_from, device or resolve_device(config.train.device, info))
     except BaseException as err:
         if info.is_main:
             reporter.on_end("failed", f"{type(err).__name__}: {err}".splitlines()[0])
@@ -319,9 +326,8 @@ def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resum
     return result
 
 
-def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from) -> TrainResult:
+def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from, device: torch.device) -> TrainResult:
     cfg_t, cfg_o, cfg_d = config.train, config.optim, config.data
-    device = resolve_device(cfg_t.device, info)
     amp_dtype = autocast_dtype(cfg_t.precision, device)
     output_dir = Path(cfg_t.output_dir)
     checkpoint_root = output_dir / "checkpoints"

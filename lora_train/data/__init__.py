@@ -1,17 +1,25 @@
 """ETH3D data: COLMAP text models, undistorted views with dense laser depth, multi-view windows,
-and synthetic scenes in ETH3D's exact on-disk formats."""
+and synthetic scenes in ETH3D's exact on-disk formats.
 
-from lora_train.data.colmap import read_cameras, read_images, read_points3d
-from lora_train.data.eth3d import ETH3DScene
-from lora_train.data.synthetic import write_synthetic_dataset
-from lora_train.data.windows import ETH3DWindows, collate_windows
+Names are imported lazily so that `python -m lora_train.data.synthetic` does not load torch.
+"""
 
-__all__ = [
-    "ETH3DScene",
-    "ETH3DWindows",
-    "collate_windows",
-    "read_cameras",
-    "read_images",
-    "read_points3d",
-    "write_synthetic_dataset",
-]
+import importlib
+
+_EXPORTS = {
+    "ETH3DScene": "lora_train.data.eth3d",
+    "ETH3DWindows": "lora_train.data.windows",
+    "collate_windows": "lora_train.data.windows",
+    "read_cameras": "lora_train.data.colmap",
+    "read_images": "lora_train.data.colmap",
+    "read_points3d": "lora_train.data.colmap",
+    "write_synthetic_dataset": "lora_train.data.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lora_train.data' has no attribute {name!r}")

@@ -85,6 +85,8 @@ def thin_prism_fisheye_undistort(du: np.ndarray, dv: np.ndarray, params, iterati
         det = np.where(np.abs(det) < 1e-12, 1e-12, det)
         u = u - (j11 * ru - j01 * rv) / det
         v = v - (-j10 * ru + j00 * rv) / det
+        if np.nanmax(np.abs(ru), initial=0.0) < 1e-14 and np.nanmax(np.abs(rv), initial=0.0) < 1e-14:
+            break
     theta = np.sqrt(u * u + v * v)
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(theta > 1e-12, np.tan(theta) / np.maximum(theta, 1e-12), 1.0)

@@ -10,9 +10,10 @@ camera through the exact distortion model:
   image centre, its width is `width` and its height a multiple of 14: an isotropic scale of the
   largest principal-point-centred rectangle that lies inside the distorted image (no black borders).
 - Every output pixel's ray is projected into the distorted grid. Depth keeps its z (same camera
-  frame): inverse depth is interpolated bilinearly where the four neighbouring GT pixels are valid
-  and agree within `DEPTH_EDGE_TOLERANCE`; where only some are valid (sparse laser returns) the
-  nearest one is taken if it agrees with the others; pixels straddling a depth edge are invalid.
+  frame): inverse depth is interpolated bilinearly where the neighbouring GT pixels are valid
+  and lie on one plane; at creases, hole borders and sparse laser returns the nearest GT pixel is
+  taken if the valid neighbours agree within `DEPTH_EDGE_TOLERANCE`; pixels straddling a depth
+  edge are invalid. Dense ground truth stays dense; nothing is interpolated across edges.
 - The image is decoded once at a reduced scale (JPEG DCT scaling, then area filtering) and
   resampled through the same map, so image and depth align by construction.
 
@@ -35,6 +36,8 @@ from lora_train.data.colmap import Camera, Image, read_cameras, read_images
 from lora_train.errors import UserError
 
 DEPTH_EDGE_TOLERANCE = 0.03  # neighbouring GT depths further apart than 3 % are a depth edge
+DEPTH_PLANARITY = 1e-3  # inverse-depth neighbourhoods further from a plane than this (relative) ...
+DEPTH_CURVATURE = 0.25  # ... plus this fraction of the local slope are a crease or a step
 PATCH = 14
 CACHE_VERSION = 1
 _JPEG_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -120,25 +123,50 @@ def output_camera(camera: Camera, width: int, height: int | None = None, source:
 
 
 def sample_depth(depth: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
-                 tolerance: float = DEPTH_EDGE_TOLERANCE) -> np.ndarray:
-    """Resample a z-depth map [h, w] (inf/NaN/<=0 invalid) at array coordinates → [H, W], 0 invalid."""
+                 tolerance: float = DEPTH_EDGE_TOLERANCE, planarity: float = DEPTH_PLANARITY) -> np.ndarray:
+    """Resample a z-depth map [h, w] (inf/NaN/<=0 invalid) at array coordinates → [H, W], 0 invalid.
+
+    Inverse depth (affine over a plane) is interpolated bilinearly where the 4x4 neighbourhood is
+    valid and planar (second differences below `planarity` · inverse depth plus `DEPTH_CURVATURE`
+    · first differences);
+    across creases and steps, at hole borders and on sparse returns the nearest GT pixel is kept
+    if the 2x2 valid neighbours agree within `tolerance`; at larger depth edges the pixel is 0.
+    """
     h, w = depth.shape
     x0 = np.clip(np.floor(map_x).astype(np.int64), 0, w - 2)
     y0 = np.clip(np.floor(map_y).astype(np.int64), 0, h - 2)
     wx, wy = np.clip(map_x - x0, 0, 1), np.clip(map_y - y0, 0, 1)
-    z = np.stack([depth[y0, x0], depth[y0, x0 + 1], depth[y0 + 1, x0], depth[y0 + 1, x0 + 1]]).astype(np.float64)
-    weights = np.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy])
+    # 4x4 patch around the sample, rows/cols -1..2 relative to (y0, x0); index [4 * dy + dx]
+    offsets = np.arange(-1, 3)
+    rows = np.clip(y0[None] + offsets[:, None, None], 0, h - 1)
+    cols = np.clip(x0[None] + offsets[:, None, None], 0, w - 1)
+    z = depth[rows[:, None], cols[None, :]].reshape(16, *map_x.shape).astype(np.float64)
     valid = np.isfinite(z) & (z > 0)
-    z_valid = np.where(valid, z, np.nan)
-    with np.errstate(all="ignore"):
-        zmin, zmax = np.nanmin(np.where(valid, z, np.inf), 0), np.nanmax(np.where(valid, z, -np.inf), 0)
-        consistent = zmax <= zmin * (1 + tolerance)
-        bilinear = 1.0 / np.sum(weights / z_valid, axis=0)
+    inv = np.where(valid, 1.0 / np.where(valid, z, 1.0), 0.0)
+    inner = [5, 6, 9, 10]  # the 2x2 block that surrounds the sample
+    zi, vi, ii = z[inner], valid[inner], inv[inner]
+    zmin = np.min(np.where(vi, zi, np.inf), axis=0)
+    zmax = np.max(np.where(vi, zi, -np.inf), axis=0)
+    consistent = zmax <= zmin * (1 + tolerance)
+    # A plane's inverse depth is affine in undistorted coordinates; in the distorted grid its
+    # second differences stay a small fraction of its first differences. Creases and steps do not.
+    floor = planarity * ii.mean(0)
+    planar = np.abs(ii[0] + ii[3] - ii[1] - ii[2]) <= floor + planarity * np.abs(ii[0] - ii[3])
+    for r in (1, 2):
+        for c in (1, 2):
+            for step in (1, 4):  # along x, along y
+                a, b, d = inv[4 * r + c - step], inv[4 * r + c], inv[4 * r + c + step]
+                slope = np.maximum(np.abs(b - a), np.abs(d - b))
+                planar &= np.abs(a - 2 * b + d) <= floor + DEPTH_CURVATURE * slope
+    use_bilinear = valid.all(0) & consistent & planar
+    weights = np.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy])
+    with np.errstate(divide="ignore"):
+        bilinear = 1.0 / np.sum(weights * ii, axis=0)
     nearest = (wx >= 0.5).astype(np.int64) + 2 * (wy >= 0.5).astype(np.int64)
-    z_near = np.take_along_axis(z, nearest[None], 0)[0]
-    near_valid = np.take_along_axis(valid, nearest[None], 0)[0]
-    all_valid = valid.all(0)
-    out = np.where(all_valid & consistent, bilinear, np.where(~all_valid & near_valid & consistent, z_near, 0.0))
+    z_near = np.take_along_axis(zi, nearest[None], 0)[0]
+    near_valid = np.take_along_axis(vi, nearest[None], 0)[0]
+    use_nearest = ~use_bilinear & near_valid & consistent
+    out = np.where(use_bilinear, bilinear, np.where(use_nearest, z_near, 0.0))
     return np.nan_to_num(out, nan=0.0, posinf=0.0).astype(np.float32)
 
 
@@ -349,7 +377,7 @@ class ETH3DScene:
         if self.image_source == "undistorted":
             files.append(self.images_path.parent.parent / "dslr_calibration_undistorted" / "cameras.txt")
         key = json.dumps([CACHE_VERSION, width, height, self.exclude_obs_mask, self.image_source,
-                          self.fast_decode, DEPTH_EDGE_TOLERANCE, camera.model, camera.params,
+                          self.fast_decode, DEPTH_EDGE_TOLERANCE, DEPTH_PLANARITY, DEPTH_CURVATURE, camera.model, camera.params,
                           camera.width, camera.height, [_file_stamp(f) for f in files]])
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return self.cache_dir / self.scene / f"{Path(name).stem}-{width}x{height}-{digest}.bin"

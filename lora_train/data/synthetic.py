@@ -456,6 +456,8 @@ def write_synthetic_dataset(out_dir, num_scenes: int, seed: int = 0, family: str
                             views_per_scene: int = 10, image_size: tuple[int, int] = (384, 256),
                             num_cameras: int = 2, progress: bool = False) -> list[Path]:
     """Write `num_scenes` scenes named `<family>_000`, ... under `out_dir`; returns their folders."""
+    if family not in FAMILIES:
+        raise UserError(f"--family {family!r} is not one of {', '.join(FAMILIES)}")
     if num_scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {num_scenes}")
     if views_per_scene < 2:

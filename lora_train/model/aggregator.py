@@ -43,6 +43,7 @@ class Aggregator(nn.Module):
         super().__init__()
         dim = config.embed_dim
         self.patch_size = config.patch_size
+        self.head_dim = dim // config.num_heads
         self.gradient_checkpointing = config.gradient_checkpointing
         if config.patch_embed == "conv":
             self.patch_embed = PatchEmbed(config.patch_size, 3, dim)
@@ -62,7 +63,7 @@ class Aggregator(nn.Module):
         self.rope = RotaryPositionEmbedding2D(config.rope_freq) if config.rope_freq > 0 else None
 
         def make_block() -> Block:
-            return Block(dim, config.num_heads, config.mlp_ratio, config.init_values, qk_norm=config.qk_norm, rope=self.rope)
+            return Block(dim, config.num_heads, config.mlp_ratio, config.init_values, qk_norm=config.qk_norm)
 
         self.frame_blocks = nn.ModuleList(make_block() for _ in range(config.depth))
         self.global_blocks = nn.ModuleList(make_block() for _ in range(config.depth))
@@ -95,10 +96,10 @@ class Aggregator(nn.Module):
         tokens = self.patch_embed(images)
         return tokens["x_norm_patchtokens"] if isinstance(tokens, dict) else tokens
 
-    def _run_block(self, block: Block, tokens: torch.Tensor, pos, num_positions: int) -> torch.Tensor:
+    def _run_block(self, block: Block, tokens: torch.Tensor, rope) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, tokens, pos, num_positions, use_reentrant=False)
-        return block(tokens, pos, num_positions)
+            return checkpoint(block, tokens, rope, use_reentrant=False)
+        return block(tokens, rope)
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         """Args:
@@ -120,21 +121,21 @@ class Aggregator(nn.Module):
         tokens = torch.cat([camera, registers, patch_tokens], dim=1)
         _, num_tokens, dim = tokens.shape
 
-        grid_h, grid_w = height // self.patch_size, width // self.patch_size
-        pos, num_positions = None, 0
+        frame_rope = global_rope = None
         if self.rope is not None:
-            pos = grid_positions(batch * num_frames, grid_h, grid_w, self.patch_start_idx, images.device)
-            num_positions = max(grid_h, grid_w) + 1
-        global_pos = None if pos is None else pos.reshape(batch, num_frames * num_tokens, 2)
+            grid_h, grid_w = height // self.patch_size, width // self.patch_size
+            positions = grid_positions(batch * num_frames, grid_h, grid_w, self.patch_start_idx, images.device)
+            frame_rope = self.rope(positions, self.head_dim, max(grid_h, grid_w) + 1)
+            global_rope = tuple(t.reshape(batch, 1, num_frames * num_tokens, -1) for t in frame_rope)
 
         outputs = []
         for frame_block, global_block in zip(self.frame_blocks, self.global_blocks):
             tokens = tokens.reshape(batch * num_frames, num_tokens, dim)
-            tokens = self._run_block(frame_block, tokens, pos, num_positions)
+            tokens = self._run_block(frame_block, tokens, frame_rope)
             frame_out = tokens.reshape(batch, num_frames, num_tokens, dim)
 
             tokens = tokens.reshape(batch, num_frames * num_tokens, dim)
-            tokens = self._run_block(global_block, tokens, global_pos, num_positions)
+            tokens = self._run_block(global_block, tokens, global_rope)
             global_out = tokens.reshape(batch, num_frames, num_tokens, dim)
 
             outputs.append(torch.cat([frame_out, global_out], dim=-1))

@@ -4,7 +4,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lora_train.model.rope import RotaryPositionEmbedding2D
+from lora_train.model.rope import apply_rope
+
+RopeTables = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [B, 1, N, head_dim] each
 
 
 class Attention(nn.Module):
@@ -15,7 +17,6 @@ class Attention(nn.Module):
         num_heads: attention heads; head_dim = dim / num_heads.
         qkv_bias / proj_bias: biases of the `qkv` and `proj` Linears.
         qk_norm: LayerNorm(head_dim, eps 1e-5) on q and k, per head, before RoPE.
-        rope: shared RoPE module, or None for no positional rotation.
     """
 
     def __init__(
@@ -25,7 +26,6 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         qk_norm: bool = False,
-        rope: RotaryPositionEmbedding2D | None = None,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -34,13 +34,11 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        self.rope = rope  # one parameter-free instance shared by all blocks
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, num_positions: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeTables | None = None) -> torch.Tensor:
         """Args:
             x: `[B, N, dim]`.
-            pos: `[B, N, 2]` int64 RoPE positions (needed when the block has RoPE).
-            num_positions: size of the RoPE table (max position + 1).
+            rope: per-token RoPE cos/sin tables, or None for no positional rotation.
 
         Returns:
             `[B, N, dim]`.
@@ -49,9 +47,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(batch, num_tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:
-            q = self.rope(q, pos, num_positions)
-            k = self.rope(k, pos, num_positions)
+        if rope is not None:
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(batch, num_tokens, dim)
         return self.proj(x)
@@ -103,7 +101,6 @@ class Block(nn.Module):
         init_values: LayerScale init.
         norm_eps: LayerNorm eps of norm1/norm2 (1e-5 in the aggregator and heads, 1e-6 in DINO).
         qk_norm: per-head qk LayerNorm in attention.
-        rope: shared RoPE module or None.
     """
 
     def __init__(
@@ -114,24 +111,22 @@ class Block(nn.Module):
         init_values: float = 0.01,
         norm_eps: float = 1e-5,
         qk_norm: bool = False,
-        rope: RotaryPositionEmbedding2D | None = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
         self.ls1 = LayerScale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, num_positions: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeTables | None = None) -> torch.Tensor:
         """Args:
             x: `[B, N, dim]`.
-            pos: `[B, N, 2]` RoPE positions, or None.
-            num_positions: RoPE table size.
+            rope: per-token RoPE cos/sin tables, or None.
 
         Returns:
             `[B, N, dim]`.
         """
-        x = x + self.ls1(self.attn(self.norm1(x), pos, num_positions))
+        x = x + self.ls1(self.attn(self.norm1(x), rope))
         return x + self.ls2(self.mlp(self.norm2(x)))

@@ -121,6 +121,12 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
         UserError: unreadable file, or keys/shapes that do not match (message lists them).
     """
     path = Path(path)
+    model_state = model.state_dict()
+    if any(".base_layer." in key or ".lora_A." in key for key in model_state):
+        raise UserError(
+            f"cannot load {path} into a LoRA-wrapped model: call load_pretrained on the plain VGGT "
+            "first, then add adapters (wrapped layers keep their weights under '.base_layer.')"
+        )
     state = read_state_dict(path)
     dropped = {}
     for prefix in disabled_head_prefixes(model):
@@ -129,7 +135,6 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
         for key in keys:
             del state[key]
 
-    model_state = model.state_dict()
     _check_compatible(path, model_state, state)
     on_meta = any(t.is_meta for t in model_state.values())
     if on_meta:

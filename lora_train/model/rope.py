@@ -1,4 +1,11 @@
-"""2D rotary position embedding (RoPE) over a patch grid, as used by the aggregator blocks."""
+"""2D rotary position embedding (RoPE) over a patch grid, as used by the aggregator blocks.
+
+The first half of each head's channels encodes the token's row y, the second half its column x.
+Each half is rotated rotate-half style, `x * cos + rotate(x) * sin` with
+`rotate(x) = cat(-x2, x1)`, at frequencies `1 / frequency ** (arange(0, d, 2) / d)` (d = half
+width), duplicated to cover the half. The aggregator computes the per-token cos/sin tables once
+per forward pass (`RotaryPositionEmbedding2D`) and every block applies them (`apply_rope`).
+"""
 
 import torch
 import torch.nn as nn
@@ -22,11 +29,7 @@ def grid_positions(batch: int, height: int, width: int, num_special: int, device
 
 
 class RotaryPositionEmbedding2D(nn.Module):
-    """2D RoPE: the first half of each head's channels encodes y, the second half x.
-
-    Each half is rotated rotate-half style, `x * cos + rotate(x) * sin` with
-    `rotate(x) = cat(-x2, x1)`, using `inv_freq = 1 / frequency ** (arange(0, d, 2) / d)`.
-    Has no parameters.
+    """Builds the per-token cos/sin tables of 2D RoPE. Has no parameters.
 
     Args:
         frequency: base frequency (100 in VGGT).
@@ -36,37 +39,36 @@ class RotaryPositionEmbedding2D(nn.Module):
         super().__init__()
         self.frequency = frequency
 
-    def _cos_sin(self, dim: int, num_positions: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, dim, 2, device=device).float() / dim))
-        positions = torch.arange(num_positions, device=device, dtype=inv_freq.dtype)
-        angles = torch.outer(positions, inv_freq).to(dtype)
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((-x2, x1), dim=-1)
-
-    def _rotate_1d(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        cos = F.embedding(positions, cos)[:, None]
-        sin = F.embedding(positions, sin)[:, None]
-        return x * cos + self._rotate_half(x) * sin
-
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, num_positions: int) -> torch.Tensor:
-        """Rotate queries or keys.
-
-        Args:
-            x: `[B, num_heads, N, head_dim]`.
-            positions: `[B, N, 2]` int64 (y, x) positions.
+    def forward(self, positions: torch.Tensor, head_dim: int, num_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args:
+            positions: `[B, N, 2]` int64 (y, x) token positions.
+            head_dim: channels per attention head (divisible by 4).
             num_positions: an upper bound on the position values + 1 (table size).
 
         Returns:
-            `[B, num_heads, N, head_dim]`.
+            cos and sin, each `[B, 1, N, head_dim]` float32, broadcastable over heads.
         """
-        half = x.size(-1) // 2
-        cos, sin = self._cos_sin(half, num_positions, x.device, x.dtype)
-        x_y, x_x = x.chunk(2, dim=-1)
-        x_y = self._rotate_1d(x_y, positions[..., 0], cos, sin)
-        x_x = self._rotate_1d(x_x, positions[..., 1], cos, sin)
-        return torch.cat((x_y, x_x), dim=-1)
+        half = head_dim // 2
+        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, half, 2, device=positions.device).float() / half))
+        angles = torch.outer(torch.arange(num_positions, device=positions.device, dtype=torch.float32), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        tables = []
+        for table in (angles.cos(), angles.sin()):
+            per_token = torch.cat([F.embedding(positions[..., 0], table), F.embedding(positions[..., 1], table)], dim=-1)
+            tables.append(per_token[:, None])
+        return tables[0], tables[1]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys.
+
+    Args:
+        x: `[B, num_heads, N, head_dim]`.
+        cos, sin: `[B, 1, N, head_dim]` tables from `RotaryPositionEmbedding2D`.
+
+    Returns:
+        `[B, num_heads, N, head_dim]`.
+    """
+    y1, y2, x1, x2 = x.chunk(4, dim=-1)  # (y half, x half), each rotated on its own
+    rotated = torch.cat((-y2, y1, -x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)

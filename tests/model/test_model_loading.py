@@ -155,3 +155,13 @@ def test_meta_model_loads_memory_mapped_without_a_copy(tmp_path, suffix):
     assert grown < 0.3 * num_bytes / 1e6, f"loading copied {grown:.0f} MB of {num_bytes / 1e6:.0f} MB"
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def test_lora_wrapped_model_is_refused(tmp_path, state_dict):
+    """The fork's bug: wrapping first leaves the wrapped layers at random init. We refuse."""
+    from peft import LoraConfig, get_peft_model
+
+    path = save(tmp_path, state_dict)
+    wrapped = get_peft_model(VGGT(VGGTConfig.tiny()), LoraConfig(r=2, target_modules=["qkv"]))
+    with pytest.raises(UserError, match="LoRA-wrapped model: call load_pretrained on the plain VGGT first"):
+        load_pretrained(wrapped, path)

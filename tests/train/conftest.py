@@ -1,7 +1,6 @@
 """Fixtures of the training-loop tests: one small synthetic facade dataset and one briefly trained
 tiny base per session, and a helper that builds small CPU configs on top of them."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -85,7 +84,3 @@ class RecordingReporter(Reporter):
 @pytest.fixture
 def recording_reporter():
     return RecordingReporter
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,5 +1,6 @@
 """DDP: 2 CPU processes under torchrun (gloo) equal one process with the same global batch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,9 +8,9 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
+from lora_train.config import save_config
 from lora_train.train import run_training
 
-from conftest import read_jsonl  # noqa: E402  (tests/train/conftest.py helper)
 
 
 @pytest.mark.slow
@@ -23,17 +24,17 @@ def test_torchrun_two_processes_match_single_process(small_config, recording_rep
 
     # two processes: 1 window each per optimizer step (global batch 2), launched like a user would
     ddp_dir = tmp_path / "ddp"
-    flags = [f"--{k}={v}" for k, v in {**{k: v for k, v in config.flat().items() if v is not None and not isinstance(v, (dict, list))},
-                                        "optim.grad_accum_steps": 1, "train.output_dir": ddp_dir}.items()]
+    config_file = save_config(config, tmp_path / "config.yaml")
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "lora_train.train", "--config", "default", *flags],
+         "-m", "lora_train.train", "--config", str(config_file), "--optim.grad_accum_steps", "1",
+         "--output-dir", str(ddp_dir)],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    events = read_jsonl(ddp_dir / "log.jsonl")
+    events = [json.loads(line) for line in (ddp_dir / "log.jsonl").read_text().splitlines()]
     ddp_losses = [e["train/loss"] for e in events if e["event"] == "step"]
     single_losses = [m["train/loss"] for _, m in single.steps]
     assert len(ddp_losses) == len(single_losses) == 3

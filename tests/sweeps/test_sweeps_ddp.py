@@ -1,0 +1,59 @@
+"""A 2-worker DDP trial (CPU, gloo) matches a 1-worker trial with the same seed (real training)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tracking.runs import SweepTracker
+
+REPO = Path(__file__).resolve().parents[2]
+
+SPACE = textwrap.dedent("""\
+    name: {name}
+    budget: {{num_samples: 1, max_epochs: 1}}
+    resources: {{cpus_per_trial: {workers}, workers_per_trial: {workers}}}
+    base_config:
+      overrides:
+        model.preset: tiny
+        model.checkpoint: tiny-base
+        data.synthetic_scenes: 3
+        data.num_views: 2
+        data.batch_size: {batch}
+        data.max_val_windows: 2
+        train.steps_per_epoch: 2
+        train.seed: 7
+        eval.num_visualizations: 0
+    strategies: {{A: {{}}}}
+    parameters:
+      lora.rank: 4
+      optim.lr: 1.0e-3
+    """)
+
+
+@pytest.mark.slow
+def test_two_worker_trial_matches_one_worker(tmp_path, sweep_mlflow, sweep_env):
+    results = {}
+    for workers, batch in ((1, 2), (2, 1)):  # same global batch: 1×2 windows vs 2×1
+        name = f"ddp-w{workers}"
+        space = tmp_path / f"{name}.yaml"
+        space.write_text(SPACE.format(name=name, workers=workers, batch=batch))
+        env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", str(space),
+             "--storage-path", str(tmp_path / "store"), "--tracking-uri", sweep_mlflow],
+            env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        tracker = SweepTracker(sweep_mlflow, name, create=False)
+        (run,) = tracker.trial_runs()
+        assert run.data.tags["trial.status"] == "completed"
+        results[workers] = run.data.metrics
+    one, two = results[1], results[2]
+    for key in ("train/loss", "val/abs_rel"):
+        assert abs(one[key] - two[key]) <= 1e-4 * max(1.0, abs(one[key])), (key, one[key], two[key])
