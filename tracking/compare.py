@@ -113,6 +113,7 @@ def write_plots(rows: list[dict], out_dir) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,7 @@ def write_plots(rows: list[dict], out_dir) -> list[Path]:
             xs, ys = zip(*row["curve"])
             ax.plot(xs, ys, marker="o", label=f"#{row['rank']} {row['run_name']} ({row['status']})")
     ax.set(xlabel="epoch", ylabel="val AbsRel (lower is better)", title="Validation AbsRel per trial")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if any(row["curve"] for row in rows):
         ax.legend(fontsize=7, loc="best")
@@ -136,11 +138,12 @@ def write_plots(rows: list[dict], out_dir) -> list[Path]:
         front = pareto_front([(x, y) for x, y, _ in points])
         fig, ax = plt.subplots(figsize=(7, 5))
         if points:
-            ax.scatter([p[0] for p in points], [p[1] for p in points], c="tab:blue", label="trial")
+            ax.scatter([p[0] for p in points], [p[1] for p in points], c="tab:blue", s=30, label="trial", zorder=3)
             for x, y, row in points:
                 ax.annotate(f"#{row['rank']} {row['strategy']} r={_fmt('lora_rank', row['lora_rank'])}",
                             (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-            ax.plot(*zip(*front), color="tab:red", marker="D", label="Pareto front")
+            ax.plot(*zip(*front), color="tab:red", marker="D", markersize=9, markerfacecolor="none",
+                    drawstyle="steps-post", label="Pareto front (no trial better in both)", zorder=2)
             if key == "trainable_params" and min(p[0] for p in points) > 0:
                 ax.set_xscale("log")
             ax.legend(fontsize=8)

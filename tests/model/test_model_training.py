@@ -41,11 +41,16 @@ def test_gradient_checkpointing_gives_identical_gradients():
 
 
 def test_gradient_checkpointing_is_off_in_eval_and_without_grad():
-    model = VGGT(VGGTConfig.tiny(gradient_checkpointing=True)).eval()
+    model = VGGT(VGGTConfig.tiny(gradient_checkpointing=True))
     calls = []
     model.aggregator.frame_blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
-    scalar_objective(model(torch.rand(1, 2, 3, 28, 28))).backward()
-    assert len(calls) == 1
+    images = torch.rand(1, 2, 3, 28, 28)
+    scalar_objective(model.eval()(images)).backward()
+    with torch.no_grad():
+        model.train()(images)
+    assert len(calls) == 2  # one call each, no recomputation
+    scalar_objective(model.train()(images)).backward()
+    assert len(calls) == 4  # training with grad: forward + recomputation
 
 
 def test_camera_head_detaches_between_iterations():
