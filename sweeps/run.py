@@ -303,7 +303,8 @@ def finish(space: SweepSpace, setup, tracker, results, sweep_dir: Path) -> dict:
                                        filter_nan_and_inf=True)
     except RuntimeError:
         pass
-    summary = {"trials": len(results), "errors": len(results.errors), "leaderboard": [str(csv_path), str(md_path)]}
+    summary = {"trials": len(results), "errors": len(results.errors), "leaderboard": [str(csv_path), str(md_path)],
+               "rows": [{k: v for k, v in row.items() if k != "curve"} for row in rows]}
     best_run_id = None
     if best is not None and best.metrics:
         trial_id = best.metrics["trial_id"]

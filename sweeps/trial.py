@@ -296,7 +296,31 @@ class TrialReporter(Reporter):
         self.results.put({END_KEY: status, "reason": reason})
 
     def finish(self, result) -> None:
-        pass
+        """After a completed run: evaluate the best adapter against the frozen base (with PNGs).
+
+        Writes `<output_dir>/eval/metrics.json` (base and adapter) + `visualizations/*.png` and
+        logs them as the run's `eval/` artifacts, plus `eval/base_abs_rel`, `eval/adapter_abs_rel`.
+        """
+        if getattr(result, "status", None) != "completed":
+            return
+        epoch = (getattr(result, "best_metrics", None) or {}).get("epoch")
+        checkpoint = self.output_dir / "checkpoints" / f"epoch_{int(epoch):04d}" if epoch else None
+        if checkpoint is None or not (checkpoint / "adapter_config.json").is_file():
+            return
+        from lora_train.evaluate import main as evaluate
+
+        eval_dir = self.output_dir / "eval"
+        try:  # the trial's result stands even if this extra evaluation fails
+            evaluate(["--adapter", str(checkpoint), "--compare-base", "--out", str(eval_dir)])
+            results = json.loads((eval_dir / "metrics.json").read_text()).get("results", {})
+        except (Exception, SystemExit) as err:
+            print(f"final evaluation of {checkpoint} failed: {err!r}", flush=True)
+            return
+        if self.logger:
+            self.logger.log_metrics({f"eval/{label}_{key}": value for label, values in results.items()
+                                     for key, value in values.items() if key in ("abs_rel", "delta1", "tau103")},
+                                    step=int(epoch))
+            self.logger.log_artifacts(str(eval_dir), "eval")
 
     def close(self) -> None:
         if self.logger:

@@ -161,8 +161,13 @@ class MetricLogger:
             cycle = self._cycles_started + 1  # the first cycle that starts after this request
             self._urgent = True
             self._cond.notify_all()
-            done = self._cond.wait_for(lambda: self._cycles_done >= cycle, timeout)
-            return done and not self._spooled
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._cycles_done < cycle and self._thread.is_alive():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.5 if left is None else min(left, 0.5))
+            return self._cycles_done >= cycle and not self._spooled
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush, stop the sender thread; whatever is still in memory after `timeout` is spooled."""
@@ -215,8 +220,12 @@ class MetricLogger:
             try:
                 self._process(records, urgent or closing)
             except Exception as err:  # never let tracking kill the trial
-                _log.warning("MLflow logging failed unexpectedly (%s: %s); records spooled", type(err).__name__, err)
-                self._spool(records)
+                _log.warning("MLflow logging failed unexpectedly (%s: %s); spooling", type(err).__name__, err)
+                try:
+                    self._spool(records)
+                except OSError as spool_err:
+                    _log.warning("could not write spool %s (%s): %d records lost", self.spool_path, spool_err,
+                                 len(records))
             finally:
                 with self._cond:
                     self._cycles_done += 1
@@ -261,10 +270,13 @@ class MetricLogger:
         if status is None or status == 429 or status >= 500:
             return False
         # Rejected for good (4xx): a changed param value, a deleted run, ... Keep what can be kept.
-        if params:
-            self._warn_once(f"params:{message}", "MLflow rejected params for run %s (%s); logging the rest without them",
-                            self.run_id, message)
-            return self._post_batch(metrics, [], tags)
+        if params:  # send the rest, then each param alone so only the offending ones are lost
+            if (metrics or tags) and not self._post_batch(metrics, [], tags):
+                return False
+            if len(params) == 1:
+                self._warn_once(f"params:{message}", "MLflow rejected params for run %s (%s)", self.run_id, message)
+                return True
+            return all(self._post_batch([], [param], []) for param in params)
         self._warn_once(f"rejected:{message}", "MLflow rejected a batch for run %s (%s); dropped", self.run_id, message)
         return True
 

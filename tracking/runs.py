@@ -119,6 +119,9 @@ class SweepTracker:
             run = self._settle_duplicates(trial_id, run)
         else:
             self._reopen(run)
+            for tag in (STATUS_TAG, REASON_TAG):  # a resumed trial is no longer failed/stopped
+                if tag in run.data.tags:
+                    self.client.delete_tag(run.info.run_id, tag)
         flat = flatten_params(params)
         for key in sorted(k for k, v in flat.items() if k in run.data.params and run.data.params[k] != v):
             _log.warning("trial %s: param %s already logged as %r; keeping it (new value %r)",

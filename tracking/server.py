@@ -13,6 +13,8 @@ proxied artifacts under `<data_dir>/artifacts`, bound to 127.0.0.1 on a free por
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -65,17 +67,26 @@ class MlflowServer:
         return f"http://{_url_host(_connect_host(self.host))}:{self.port}"
 
     def start(self, timeout: float = 60) -> str:
-        """Start the server (or reuse a healthy one recorded in the pid file); return its URI."""
-        record = self.running_record()
-        if record and (self.port is None or record["port"] == self.port):
-            self.port, self.host = record["port"], record["host"]
-            return self.url
-        if record:
-            raise TrackingError(
-                f"an MLflow server from {self.pid_file} already runs on port {record['port']}, "
-                f"not {self.port}; stop it first (python -m tracking.server stop --data-dir {self.data_dir})"
-            )
+        """Start the server (or reuse the one recorded in the pid file); return its URI.
+
+        A file lock on the data dir makes concurrent callers (two sweeps starting at once) share
+        one server instead of racing to start two.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.data_dir / "server.lock"):
+            record = _read_json(self.pid_file)
+            if record and _is_mlflow_server(record.get("pid")):
+                if self.port is not None and record["port"] != self.port:
+                    raise TrackingError(
+                        f"an MLflow server from {self.pid_file} already runs on port {record['port']}, not "
+                        f"{self.port}; stop it first (python -m tracking.server stop --data-dir {self.data_dir})"
+                    )
+                self.port, self.host = record["port"], record["host"]
+                return self._wait_healthy(record["pid"], None, timeout)
+            self.pid_file.unlink(missing_ok=True)  # stale record: its process is gone
+            return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> str:
         if self.backend_store_uri.startswith("sqlite:///"):
             Path(self.backend_store_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         if "://" not in self.artifacts_destination:
@@ -104,20 +115,24 @@ class MlflowServer:
                   "backend_store_uri": self.backend_store_uri,
                   "artifacts_destination": self.artifacts_destination, "log": str(self.log_file)}
         _write_json_atomic(self.pid_file, record)
+        return self._wait_healthy(proc.pid, proc, timeout)
 
+    def _wait_healthy(self, pid: int, proc, timeout: float) -> str:
+        """Poll `/health` until it answers; on failure stop what we started and raise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            exited = proc.poll() is not None if proc else not _is_mlflow_server(pid)
+            if exited:
                 self.pid_file.unlink(missing_ok=True)
-                raise TrackingError(
-                    f"mlflow server exited with code {proc.returncode} during startup: "
-                    f"{_last_line(self.log_file)} (log: {self.log_file})"
-                )
+                code = f" with code {proc.returncode}" if proc else ""
+                raise TrackingError(f"mlflow server exited{code} during startup: {_last_line(self.log_file)} "
+                                    f"(log: {self.log_file})")
             if is_healthy(self.url):
                 return self.url
             time.sleep(0.2)
-        _terminate_group(proc.pid)
-        self.pid_file.unlink(missing_ok=True)
+        if proc:
+            _terminate_group(proc.pid)
+            self.pid_file.unlink(missing_ok=True)
         raise TrackingError(f"mlflow server on {self.url} not healthy after {timeout:.0f} s (log: {self.log_file})")
 
     def stop(self, timeout: float = 20) -> None:
@@ -265,6 +280,16 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_json(path: Path) -> dict | None:

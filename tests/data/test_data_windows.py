@@ -1,6 +1,5 @@
 """Multi-view windows: covisible views, scene-level split, RMVD keyviews, batch layout."""
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader

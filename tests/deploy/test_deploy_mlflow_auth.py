@@ -139,6 +139,7 @@ def _create_sweep_user(url: str, env: dict, username: str, password: str) -> sub
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_basic_auth_server_from_the_compose_entrypoint(auth_server, tmp_path, monkeypatch):
     url, env = auth_server

@@ -163,11 +163,18 @@ def test_restarted_driver_and_trial_reuse_their_runs(sweep):
     trial = ("t1", "frame_attn", 4, 1e-4, [0.28, 0.18, 0.17], "completed", "")
     run_id, _ = run_trial(sweep.uri, tracker, trial, sweep.work / "restart", epochs=1)
     assert run_id == sweep.runs["t1"]
+    assert sweep.client.get_run(run_id).data.tags["trial.status"] == "completed"  # closed again
     runs = tracker.trial_runs()
     assert len(runs) == len(TRIALS)
     assert [r.data.tags["ray.trial_id"] for r in runs].count("t1") == 1
     # best/val_abs_rel continues from the run's best (0.17), it does not restart at 0.28
     assert sweep.client.get_run(run_id).data.metrics["best/val_abs_rel"] == pytest.approx(0.17)
+    # A resumed trial (Tune restore) reopens its run: RUNNING again, no stale terminal status.
+    t2 = tracker.open_trial("t2", {})
+    reopened = sweep.client.get_run(t2)
+    assert t2 == sweep.runs["t2"] and reopened.info.status == "RUNNING"
+    assert "trial.status" not in reopened.data.tags and "trial.stop_reason" not in reopened.data.tags
+    tracker.close_trial(t2, "early_stopped", "asha: below rung 1 cutoff")
     with pytest.raises(TrackingError, match="different search space"):
         tracker.open_parent(sweep.name, {**SPACE, "optim": {"lr": {"low": 1e-6}}}, SPACE_YAML)
 

@@ -37,5 +37,7 @@ def test_ui_lists_the_trial_runs(mlflow_server, tmp_path, unique_name):
     for name in names:
         assert name in text, f"{name} not on the page: {text[:2000]}"
     assert f"{len(names)} matching runs" in text
+    # sorted by best/val_abs_rel ascending: trial 2 (0.20) first, trial 0 (0.30) last
+    assert text.index(names[2]) < text.index(names[1]) < text.index(names[0])
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"MLflow UI screenshot: {screenshot}")

@@ -1,0 +1,58 @@
+"""Tally of the fault-injection suite: faults injected/survived, inputs tried/rejected cleanly,
+metrics logged/found. Tests call `record`/`record_counts`; tests/faults/conftest.py prints the
+table at the end of the session and writes it to tests/faults/SUMMARY.md."""
+
+from dataclasses import dataclass
+
+KINDS = {  # kind → (what, first count, second count)
+    "faults": ("faults", "injected", "survived"),
+    "inputs": ("bad inputs", "tried", "rejected cleanly"),
+    "metrics": ("metrics", "logged", "found"),
+}
+
+
+@dataclass
+class Entry:
+    kind: str
+    case: str
+    total: int
+    good: int
+    detail: str
+
+
+ENTRIES: list[Entry] = []
+
+
+def record(kind: str, case: str, ok: bool, detail: str = "") -> None:
+    """One fault injected (survived?) or one bad input tried (rejected cleanly?)."""
+    record_counts(kind, case, 1, int(bool(ok)), detail)
+
+
+def record_counts(kind: str, case: str, total: int, good: int, detail: str = "") -> None:
+    """Counts for one case, e.g. metrics logged vs found after an outage."""
+    assert kind in KINDS, kind
+    ENTRIES.append(Entry(kind, case, int(total), int(good), " ".join(str(detail).split())[:160]))
+
+
+def summary_markdown() -> str:
+    lines = ["| what | case | " + " | ".join(["count", "ok"]) + " | detail |", "|---|---|---|---|---|"]
+    totals = []
+    for kind, (what, first, second) in KINDS.items():
+        entries = [e for e in ENTRIES if e.kind == kind]
+        if not entries:
+            continue
+        for e in entries:
+            lines.append(f"| {what} | {e.case} | {e.total} {first} | {e.good} {second} | {e.detail} |")
+        totals.append(f"| **{what}** | **all** | **{sum(e.total for e in entries)} {first}** | "
+                      f"**{sum(e.good for e in entries)} {second}** | |")
+    return "\n".join(lines + totals) + "\n"
+
+
+def totals_line() -> str:
+    parts = []
+    for kind, (what, first, second) in KINDS.items():
+        entries = [e for e in ENTRIES if e.kind == kind]
+        if entries:
+            parts.append(f"{what}: {sum(e.total for e in entries)} {first} / "
+                         f"{sum(e.good for e in entries)} {second}")
+    return "; ".join(parts)
