@@ -32,11 +32,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lora_train.base_model import ensure_synthetic_scenes, resolve_checkpoint
 from lora_train.config import TrainConfig, load_config, save_config
+from lora_train.data import ETH3DWindows, collate_windows
 from lora_train.errors import UserError, cli_main
 from lora_train.evaluate import evaluate_model
 from lora_train.losses import VGGTLoss, normalize_gt
 from lora_train.lora import apply_lora, load_adapter, save_adapter, trainable_parameter_groups
+from lora_train.model import VGGT, VGGTConfig, load_pretrained
 from lora_train.reporting import ConsoleReporter, Reporter
 
 TRAINER_STATE = "trainer_state.pt"
@@ -132,9 +135,6 @@ def build_model(config: TrainConfig, adapter_dir: str | Path | None = None) -> t
 
     With `adapter_dir` (a resume), the saved adapter is attached (trainable) instead of fresh ones.
     """
-    from lora_train.base_model import resolve_checkpoint
-    from lora_train.model import VGGT, VGGTConfig, load_pretrained
-
     model_cfg = config.model
     vggt_config = VGGTConfig.from_dict(
         {"preset": model_cfg.preset, **model_cfg.overrides, "gradient_checkpointing": model_cfg.gradient_checkpointing}
@@ -150,9 +150,6 @@ def build_model(config: TrainConfig, adapter_dir: str | Path | None = None) -> t
 
 def build_datasets(config: TrainConfig):
     """(train, val) window datasets; synthetic facade scenes when `data.root` is unset."""
-    from lora_train.base_model import ensure_synthetic_scenes
-    from lora_train.data import ETH3DWindows
-
     d = config.data
     root = d.root
     if root is None:
@@ -410,7 +407,7 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
             num_train, epoch, cfg_t.seed, cfg_d.batch_size, info, steps_per_epoch * cfg_o.grad_accum_steps
         )
         loader = DataLoader(
-            train_set, batch_sampler=micro_batches, collate_fn=_collate(), num_workers=cfg_d.num_workers
+            train_set, batch_sampler=micro_batches, collate_fn=collate_windows, num_workers=cfg_d.num_workers
         )
         epoch_losses = []
         step_start = time.time()
@@ -503,12 +500,6 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
 
     progress.close()
     return TrainResult("completed", best, last_checkpoint, cfg_t.epochs)
-
-
-def _collate():
-    from lora_train.data import collate_windows
-
-    return collate_windows
 
 
 def _float32(predictions: dict) -> dict:

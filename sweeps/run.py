@@ -227,7 +227,7 @@ def build_tuner(space, setup, sweep_dir: Path, storage_path: str, tracker, resum
                 max_t=space.max_epochs, grace_period=space.grace_period,
                 reduction_factor=space.reduction_factor, brackets=space.brackets,
             ),
-            num_samples=space.num_samples, reuse_actors=False,
+            num_samples=space.num_samples, reuse_actors=True,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=run_config,

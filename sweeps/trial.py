@@ -4,10 +4,10 @@
     train_driver(config) ── TorchTrainer.fit() ──►    train_worker(loop_config) on every rank
          ▲                                                 └─ lora_train.run_training(reporter)
          │  epoch results (metrics, checkpoint dir)             rank 0: TrialReporter.on_epoch
-         └────────────── ray.util.queue.Queue ◄──────────────── ─ MetricLogger (MLflow)
+         └──────── ReportChannel (JSON files) ◄───────────────── ─ MetricLogger (MLflow)
     tune.report(metrics, checkpoint) per epoch → ASHA decides → the trial is stopped or goes on.
 
-Why a queue and not `ray.train.report` + `TuneReportCallback`: `ray.train.report` is a barrier that
+Why a report channel and not `ray.train.report` + `TuneReportCallback`: `ray.train.report` is a barrier that
 every worker must call the same number of times, but `lora_train` calls `Reporter.on_epoch` on rank 0
 only (see docs/interfaces.md). Rank 0 therefore hands each epoch's result to the trial driver, which
 reports it to Tune with the epoch's adapter checkpoint; Tune persists that checkpoint, and a retried
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue as queue_lib
 import shutil
 import tempfile
 import threading
@@ -87,14 +86,14 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.queue import Queue
 
     trial_id = tune.get_context().get_trial_id()
     overrides = overrides_for(config, setup, trial_id)
     run_id = open_trial_run(setup, trial_id, overrides)
 
     resume = tune.get_checkpoint()  # set when Tune retries this trial or restores the sweep
-    results = Queue(actor_options={"num_cpus": 0})
+    reports = ReportChannel(Path(overrides["train.output_dir"]) / "reports")
+    reports.skip_existing()  # left by an earlier attempt of this trial
     space = setup.space
     workers = space.workers_per_trial
     per_worker = {"CPU": space.cpus_per_trial / workers}
@@ -103,7 +102,7 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "overrides": overrides, "base_config": _base_path(space), "results": results,
+            "overrides": overrides, "base_config": _base_path(space), "reports": str(reports.directory),
             "resume": resume, "run_id": run_id, "tracking_uri": setup.tracking_uri,
             "train_fn": setup.train_fn, "threads": max(1, int(per_worker["CPU"])),
             "metric": space.metric, "mode": space.mode, "env": setup.extra_env,
@@ -129,25 +128,55 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
     thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
     thread.start()
     while True:
-        try:
-            item = results.get(timeout=0.5)
-        except queue_lib.Empty:
-            if thread.is_alive():
+        alive = thread.is_alive()
+        for item in reports.read_new():
+            if END_KEY in item:
+                if item[END_KEY] == "diverged":  # one last result so the driver side knows why
+                    tune.report({space.metric: float("nan"), "train_status": "diverged",
+                                 "stop_reason": item.get("reason", "")})
                 continue
-            if results.empty():
-                break
-            continue
-        if END_KEY in item:
-            if item[END_KEY] == "diverged":  # one last result so the driver side knows why
-                tune.report({setup.space.metric: float("nan"), "train_status": "diverged",
-                             "stop_reason": item.get("reason", "")})
-            continue
-        checkpoint_dir = item.pop("checkpoint_dir", None)
-        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(item, checkpoint=checkpoint)
+            checkpoint_dir = item.pop("checkpoint_dir", None)
+            checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            tune.report(item, checkpoint=checkpoint)
+        if not alive:
+            break
+        time.sleep(0.2)
     thread.join()
     if errors:
         raise errors[0]
+
+
+class ReportChannel:
+    """Epoch results from rank 0 to the trial driver: one JSON file per result, read in order.
+
+    A folder in the trial's output dir (on shared storage in a multi-node cluster) instead of a
+    queue actor: no extra process per trial, and nothing is lost if the reader is slow.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.seen: set[str] = set()
+
+    def skip_existing(self) -> None:
+        if self.directory.is_dir():
+            self.seen.update(p.name for p in self.directory.glob("*.json"))
+
+    def put(self, item: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}.json"
+        tmp = self.directory / f".{name}.tmp"
+        tmp.write_text(json.dumps(item))
+        tmp.replace(self.directory / name)
+
+    def read_new(self) -> list[dict]:
+        if not self.directory.is_dir():
+            return []
+        new = sorted(p for p in self.directory.glob("*.json") if p.name not in self.seen)
+        items = []
+        for path in new:
+            self.seen.add(path.name)
+            items.append(json.loads(path.read_text()))
+        return items
 
 
 def open_trial_run(setup: TrialSetup, trial_id: str, overrides: dict) -> str | None:
@@ -189,7 +218,7 @@ def train_worker(loop_config: dict) -> None:
     reporter: Reporter = Reporter()
     if rank == 0:
         reporter = TrialReporter(
-            loop_config["results"], loop_config["tracking_uri"], loop_config["run_id"],
+            ReportChannel(Path(loop_config["reports"])), loop_config["tracking_uri"], loop_config["run_id"],
             spool_dir=Path(config.train.output_dir), metric=loop_config["metric"],
             mode=loop_config["mode"], overrides=loop_config["overrides"],
         )

@@ -52,13 +52,14 @@ class MetricLogger:
         spool_path: local JSON-lines file that holds what could not be sent yet.
         best: metrics to keep a best-so-far for, e.g. `{"val/abs_rel": "min"}` maintains
             `best/val_abs_rel` (seeded from the run, so a restarted trial continues it).
-        send_interval: seconds between background sends (entries batch up meanwhile).
+        send_interval: seconds between background sends (entries batch up meanwhile; a send also
+            starts as soon as 1000 metrics are pending). Short, so a flush has little left to send.
         http_timeout: seconds one request may take before the server counts as down.
         probe_interval: seconds between `/health` probes while the server is down.
     """
 
     def __init__(self, tracking_uri: str, run_id: str, spool_path, best: dict[str, str] | None = None, *,
-                 send_interval: float = 1.0, http_timeout: float = 5.0, probe_interval: float = 2.0):
+                 send_interval: float = 0.25, http_timeout: float = 5.0, probe_interval: float = 2.0):
         self.url = validate_tracking_uri(tracking_uri)
         self.run_id = run_id
         self.spool_path = Path(spool_path)

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from tracking.errors import TrackingError
 from tracking.params import MAX_TAG_VALUE_LENGTH, batches, best_metric_name, flatten_params, truncate
-from tracking.server import validate_tracking_uri
+from tracking.server import is_healthy, validate_tracking_uri
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class SweepTracker:
         self.tracking_uri = validate_tracking_uri(tracking_uri)
         if not experiment or not str(experiment).strip():
             raise TrackingError("experiment name is empty")
+        if not is_healthy(self.tracking_uri, timeout=10):
+            raise TrackingError(f"MLflow server {self.tracking_uri} is not reachable (GET /health failed)")
         self.experiment = experiment
         self.client = MlflowClient(self.tracking_uri)
         self.experiment_id = self._experiment_id(experiment, create)

@@ -54,7 +54,7 @@ def trial_runs(url, experiment):
 @pytest.mark.slow
 def test_sweep_layout_asha_failure_and_leaderboard(tmp_path, sweep_mlflow, sweep_env):
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE.format(name="plumbing", n=6))
+    space.write_text(SPACE.format(name="plumbing", n=4))
     storage = tmp_path / "store"
     proc = run_standin(["--space", str(space), "--storage-path", str(storage), "--tracking-uri", sweep_mlflow,
                         "--max-concurrent", "2"], timeout=900)
@@ -63,14 +63,14 @@ def test_sweep_layout_asha_failure_and_leaderboard(tmp_path, sweep_mlflow, sweep
 
     sweep_dir = storage / "plumbing"
     summary = json.loads((sweep_dir / "summary.json").read_text())
-    assert summary["trials"] == 6
+    assert summary["trials"] == 4
     for name in ("leaderboard.csv", "leaderboard.md"):
         assert (sweep_dir / name).is_file()
-    assert len((sweep_dir / "leaderboard.csv").read_text().splitlines()) == 1 + 6
+    assert len((sweep_dir / "leaderboard.csv").read_text().splitlines()) == 1 + 4
 
     tracker, runs = trial_runs(sweep_mlflow, "plumbing")
-    assert len(runs) == 6
-    assert len({r.data.tags["ray.trial_id"] for r in runs}) == 6
+    assert len(runs) == 4
+    assert len({r.data.tags["ray.trial_id"] for r in runs}) == 4
     statuses = [r.data.tags.get("trial.status") for r in runs]
     assert all(r.info.status != "RUNNING" for r in runs), statuses
     assert statuses.count("failed") == 1  # the rank-13 point fails twice (1 retry), sweep goes on
@@ -91,7 +91,7 @@ def test_sweep_layout_asha_failure_and_leaderboard(tmp_path, sweep_mlflow, sweep
     # Optuna was told the truth: ASHA-stopped trials are PRUNED, the failed one FAIL.
     study = optuna.load_study(study_name="plumbing", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
-    assert len(states) == 6
+    assert len(states) == 4
     assert states.count("PRUNED") == statuses.count("early_stopped")
     assert states.count("FAIL") == 1
 
@@ -99,7 +99,7 @@ def test_sweep_layout_asha_failure_and_leaderboard(tmp_path, sweep_mlflow, sweep
 @pytest.mark.slow
 def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, sweep_mlflow, sweep_env):
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE.format(name="resume", n=5).replace("lora.rank: 13", "lora.rank: 12"))
+    space.write_text(SPACE.format(name="resume", n=3).replace("lora.rank: 13", "lora.rank: 12"))
     storage = tmp_path / "store"
     args = ["--space", str(space), "--storage-path", str(storage), "--tracking-uri", sweep_mlflow,
             "--max-concurrent", "1"]
@@ -128,10 +128,10 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, sweep_mlflow
     sweep_dir = storage / "resume"
     tracker, runs = trial_runs(sweep_mlflow, "resume")
     trial_ids = [r.data.tags["ray.trial_id"] for r in runs]
-    assert len(trial_ids) == 5 and len(set(trial_ids)) == 5, trial_ids
+    assert len(trial_ids) == 3 and len(set(trial_ids)) == 3, trial_ids
     assert all(r.data.tags.get("trial.status") in ("completed", "early_stopped") for r in runs)
     parents = tracker._search("tags.`sweep.role` = 'parent'")
     assert len(parents) == 1
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    assert len(study.trials) == 5, [t.state.name for t in study.trials]
+    assert len(study.trials) == 3, [t.state.name for t in study.trials]
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)

@@ -241,3 +241,15 @@ def _artifact_paths(client, run_id, path=None) -> set:
     for info in client.list_artifacts(run_id, path):
         paths |= _artifact_paths(client, run_id, info.path) if info.is_dir else {info.path}
     return paths
+
+
+def test_unreachable_server_fails_fast_with_one_line(tmp_path):
+    from tracking.server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError, match=f"MLflow server {dead} is not reachable"):
+        SweepTracker(dead, "any")
+    proc = subprocess.run([sys.executable, "-m", "tracking.compare", "--experiment", "x", "--tracking-uri", dead],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: MLflow server {dead} is not reachable (GET /health failed)"
+
