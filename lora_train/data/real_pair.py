@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from lora_train.data.colmap import Camera, Image, write_cameras, write_images, write_points3d
-from lora_train.data.synthetic import _write_jpeg
+from lora_train.data.synthetic import write_jpeg
 from lora_train.errors import UserError, cli_main
 
 MOTORCYCLE_FILES = ("motorcycle_left.png", "motorcycle_right.png", "motorcycle_disp.npz")
@@ -154,8 +154,8 @@ def write_motorcycle_scene(out_dir, scene: str = "motorcycle") -> Path:
     tmp = out_dir / f".{scene}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     for name, rgb, depth in zip(VIEW_NAMES, (pair["left"], pair["right"]), (depth_left, depth_right)):
-        _write_jpeg(tmp / "images" / "dslr_images" / name, rgb)
-        _write_jpeg(tmp / "images" / "dslr_images_undistorted" / name, rgb)
+        write_jpeg(tmp / "images" / "dslr_images" / name, rgb)
+        write_jpeg(tmp / "images" / "dslr_images_undistorted" / name, rgb)
         path = tmp / "ground_truth_depth" / "dslr_images" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         depth.astype("<f4").tofile(path)

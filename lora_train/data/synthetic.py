@@ -290,7 +290,7 @@ def generate_scene(family: str, index: int, seed: int = 0, num_views: int = 10,
     )
 
 
-def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
+def write_jpeg(path: Path, rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     assert ok
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,7 +385,7 @@ def write_scene(scene: SyntheticScene, out_dir) -> Path:
         hits = cast(scene.geometry, cam, rays)
         image = np.round(shade(scene.geometry, cam, hits, rays) * 255).astype(np.uint8)
         label = labels(scene.geometry, hits)
-        _write_jpeg(tmp / "images" / "dslr_images" / name, image)
+        write_jpeg(tmp / "images" / "dslr_images" / name, image)
         depth = hits.z.copy()
         depth[label == 2] = np.inf
         far = np.clip((depth - 15.0) / 30.0, 0.0, 0.5)  # laser returns thin out with distance
@@ -401,7 +401,7 @@ def write_scene(scene: SyntheticScene, out_dir) -> Path:
         px, py = camera_models.project(cam.model, cam.params, *urays)
         outside = (px < 0) | (px > cam.width) | (py < 0) | (py > cam.height)
         uimage[outside] = 0
-        _write_jpeg(tmp / "images" / "dslr_images_undistorted" / name, uimage.astype(np.uint8))
+        write_jpeg(tmp / "images" / "dslr_images_undistorted" / name, uimage.astype(np.uint8))
         zbuffers.append(hits.z)
         label_maps.append(label)
 
