@@ -14,17 +14,17 @@ import time
 
 import torch
 
-from lora_train.config import load_config
+from lora_train.config import load_config, vggt_config
 from lora_train.evaluate import evaluate_model, format_metrics_table
 from lora_train.losses import VGGTLoss
 from lora_train.lora import load_adapter
 from lora_train.train import build_datasets, parse_overrides, run_training
 from lora_train.base_model import ensure_tiny_base, resolve_checkpoint
-from lora_train.model import VGGT, VGGTConfig, load_pretrained
+from lora_train.model import VGGT, load_pretrained
 
 
 def base_model(config) -> torch.nn.Module:
-    model = VGGT(VGGTConfig.from_dict({"preset": config.model.preset, **config.model.overrides}))
+    model = VGGT(vggt_config(config.model))
     load_pretrained(model, resolve_checkpoint(config.model.checkpoint))
     return model
 

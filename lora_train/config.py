@@ -114,6 +114,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
+    """A whole fine-tuning run; `load_config` builds it from YAML, `to_dict`/`flat` log it."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
@@ -206,6 +208,10 @@ def validate(config: TrainConfig, source: str = "config") -> None:
     check(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0")
     check(config.eval.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
     check(config.eval.num_visualizations >= 0, "eval.num_visualizations", "must be >= 0")
+    try:
+        vggt_config(config.model)
+    except UserError as err:
+        raise UserError(f"{source}: model.overrides: {err}") from None
     ckpt = config.model.checkpoint
     if ckpt not in (None, "tiny-base"):
         check(Path(ckpt).expanduser().is_file(), "model.checkpoint", f"file not found: {ckpt}")
@@ -213,6 +219,15 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         not (ckpt == "tiny-base" and config.model.preset != "tiny"),
         "model.checkpoint",
         "'tiny-base' only fits model.preset tiny",
+    )
+
+
+def vggt_config(model: ModelConfig):
+    """The `VGGTConfig` a `model:` section describes (preset + overrides + checkpointing switch)."""
+    from lora_train.model import VGGTConfig
+
+    return VGGTConfig.from_dict(
+        {"preset": model.preset, **model.overrides, "gradient_checkpointing": model.gradient_checkpointing}
     )
 
 

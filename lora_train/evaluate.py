@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     from lora_train.base_model import resolve_checkpoint
     from lora_train.losses import VGGTLoss
     from lora_train.lora import load_adapter
-    from lora_train.model import VGGT, VGGTConfig, load_pretrained
+    from lora_train.config import vggt_config
+    from lora_train.model import VGGT, load_pretrained
     from lora_train.train import autocast_dtype, build_datasets, parse_overrides, resolve_device, DistInfo
 
     parser = argparse.ArgumentParser(
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     train_set, val_set = build_datasets(config)
     dataset = val_set if args.split == "val" else train_set
 
-    model = VGGT(VGGTConfig.from_dict({"preset": config.model.preset, **config.model.overrides}))
+    model = VGGT(vggt_config(config.model))
     checkpoint = resolve_checkpoint(config.model.checkpoint)
     if checkpoint is not None:
         load_pretrained(model, checkpoint)

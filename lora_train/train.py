@@ -33,13 +33,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lora_train.base_model import ensure_synthetic_scenes, resolve_checkpoint
-from lora_train.config import TrainConfig, load_config, save_config
+from lora_train.config import TrainConfig, load_config, save_config, vggt_config
 from lora_train.data import ETH3DWindows, collate_windows
 from lora_train.errors import UserError, cli_main
 from lora_train.evaluate import evaluate_model
 from lora_train.losses import VGGTLoss, normalize_gt
 from lora_train.lora import apply_lora, load_adapter, save_adapter, trainable_parameter_groups
-from lora_train.model import VGGT, VGGTConfig, load_pretrained
+from lora_train.model import VGGT, load_pretrained
 from lora_train.reporting import ConsoleReporter, Reporter
 
 TRAINER_STATE = "trainer_state.pt"
@@ -51,7 +51,7 @@ class TrainResult:
 
     Attributes:
         status: "completed" or "diverged" ("failed" is reported when an exception escapes).
-        best_metrics: epoch metrics of the epoch with the lowest `val/abs_rel` (rank 0; {} elsewhere).
+        best_metrics: epoch metrics of the epoch with the lowest `val/abs_rel` (the same on every rank).
         last_checkpoint: directory of the newest checkpoint, or None.
         epochs_done: epochs completed, counting those before a resume.
         reason: why the run stopped early ("" when completed).
@@ -135,12 +135,8 @@ def build_model(config: TrainConfig, adapter_dir: str | Path | None = None) -> t
 
     With `adapter_dir` (a resume), the saved adapter is attached (trainable) instead of fresh ones.
     """
-    model_cfg = config.model
-    vggt_config = VGGTConfig.from_dict(
-        {"preset": model_cfg.preset, **model_cfg.overrides, "gradient_checkpointing": model_cfg.gradient_checkpointing}
-    )
-    model = VGGT(vggt_config)
-    checkpoint = resolve_checkpoint(model_cfg.checkpoint)
+    model = VGGT(vggt_config(config.model))
+    checkpoint = resolve_checkpoint(config.model.checkpoint)
     if checkpoint is not None:
         load_pretrained(model, checkpoint)
     if adapter_dir is not None:
@@ -278,6 +274,12 @@ def _prune_checkpoints(checkpoint_root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _reports(reporter: Reporter, info: DistInfo) -> bool:
+    """Rank 0 reports; every rank does if the reporter sets `all_ranks = True` (e.g. Ray Train,
+    whose report() must run on every worker; non-zero ranks get checkpoint_dir None)."""
+    return info.is_main or getattr(reporter, "all_ranks", False)
+
+
 def _is_better(metrics: dict, best: dict) -> bool:
     key = "val/abs_rel" if "val/abs_rel" in metrics else "train/loss"
     return not best or metrics.get(key, math.inf) < best.get(key, math.inf)
@@ -292,8 +294,8 @@ def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resum
 
     Args:
         config: a validated `TrainConfig` (see `lora_train.config.load_config`).
-        reporter: receives `on_step` (every optimizer step, rank 0), `on_epoch` (rank 0, with the
-            checkpoint dir) and `on_end` (rank 0). Default: silent.
+        reporter: receives `on_step` (every optimizer step), `on_epoch` (with the checkpoint dir)
+            and `on_end`, on rank 0 only unless it has `all_ranks = True`. Default: silent.
         resume_from: a checkpoint directory written by an earlier run of the same config; training
             continues from the epoch after it with the saved optimizer, scheduler and RNG states.
         device: this process's device when the launcher knows better than `train.device` and
@@ -312,13 +314,13 @@ def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resum
     try:
         result = _train(config, reporter, info, resume_from, device or resolve_device(config.train.device, info))
     except BaseException as err:
-        if info.is_main:
+        if _reports(reporter, info):
             reporter.on_end("failed", f"{type(err).__name__}: {err}".splitlines()[0])
         raise
     finally:
         if info.created_group and dist.is_initialized():
             dist.destroy_process_group()
-    if info.is_main:
+    if _reports(reporter, info):
         reporter.on_end(result.status, result.reason)
     return result
 
@@ -452,8 +454,9 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
             step_metrics["epoch"] = epoch + (micro + 1) / (steps_per_epoch * cfg_o.grad_accum_steps)
             step_metrics.update({f"train/grad_norm_{n}": v for n, v in grad_norms.items()})
             epoch_losses.append(step_metrics["train/loss"])
-            if info.is_main:
+            if _reports(reporter, info):
                 reporter.on_step(step, step_metrics)
+            if info.is_main:
                 progress.update(1)
                 progress.set_postfix(loss=f"{step_metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
             step += 1
@@ -472,7 +475,11 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
         cpu = cpu_before + time.process_time() - cpu_start
         metrics.update(resource_usage(device, wall, cpu, info))
         metrics["time/wall_s"] = wall
-        if info.is_main and _is_better(metrics, best):
+        if info.world_size > 1:  # every rank gets rank 0's validation metrics
+            shared = [metrics]
+            dist.broadcast_object_list(shared, src=0)
+            metrics = shared[0]
+        if _is_better(metrics, best):
             best = metrics
 
         # Adapter-only checkpoint with everything needed for an exact resume.
@@ -495,7 +502,7 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
             last_checkpoint = checkpoint_dir or str(checkpoint_root / f"epoch_{epochs_done:04d}")
         if info.world_size > 1:
             dist.barrier()
-        if info.is_main:
+        if _reports(reporter, info):
             reporter.on_epoch(epochs_done, metrics, checkpoint_dir)
 
     progress.close()

@@ -31,6 +31,19 @@ class MlflowTrialCallback(Callback):
         self.runs: dict[str, str] = {}
         self.closed: dict[str, str] = {}
 
+    def __getstate__(self):  # the callback is pickled with the experiment; the client is not
+        state = dict(self.__dict__)
+        state["tracker"] = None
+        state["_tracker_args"] = (self.tracker.tracking_uri, self.tracker.experiment, self.tracker.parent_run_id)
+        return state
+
+    def __setstate__(self, state):
+        uri, experiment, parent = state.pop("_tracker_args")
+        self.__dict__.update(state)
+        from tracking.runs import SweepTracker
+
+        self.tracker = SweepTracker(uri, experiment, parent_run_id=parent)
+
     def get_state(self):
         return {"runs": dict(self.runs), "closed": dict(self.closed)}
 

@@ -128,13 +128,23 @@ def init_ray(address: str | None):
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         return ray.init(address=address, log_to_driver=True)
-    # Local: the dashboard (ray[default]) is required; Train's placement-group cleanup queries it.
+    # Local: on loopback, with the dashboard (ray[default]): Train's placement-group cleaner
+    # queries the State API. Its processes find the cluster through RAY_ADDRESS, so other Ray
+    # instances on the same machine cannot confuse them; hence a GCS port chosen up front.
+    from tracking.server import free_port
+
+    gcs_port = free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
     repo_root = str(Path(__file__).resolve().parents[1])
-    return ray.init(
-        include_dashboard=True, dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-            p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)}},
-    )
+    env_vars = {
+        "RAY_ADDRESS": f"127.0.0.1:{gcs_port}",
+        "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p),
+    }
+    try:
+        return ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                        _node_ip_address="127.0.0.1", runtime_env={"env_vars": env_vars})
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
 
 
 def max_concurrent(space: SweepSpace) -> int:
@@ -329,8 +339,22 @@ def finish(space: SweepSpace, setup, tracker, results, sweep_dir: Path) -> dict:
         if "base_value" in summary:
             best_metrics[f"base/{space.metric.replace('/', '_')}"] = summary["base_value"]
     tracker.finish_parent(best_run_id, best_metrics, [str(csv_path), str(md_path)])
+    summary["abandoned_optuna_trials"] = fail_abandoned_optuna_trials(space, sweep_dir)
     _write_atomic(sweep_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def fail_abandoned_optuna_trials(space: SweepSpace, sweep_dir: Path) -> int:
+    """Optuna trials still RUNNING after the sweep were proposed by a driver that was killed
+    before Ray recorded them (they never ran); tell Optuna they failed so TPE ignores them."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=space.name, storage=f"sqlite:///{sweep_dir / OPTUNA_DB}")
+    abandoned = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for trial in abandoned:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(abandoned)
 
 
 def _base_metric(sweep_dir: Path, trial_id: str) -> float | None:

@@ -44,7 +44,8 @@ def build_leaderboard(tracker: SweepTracker) -> list[dict]:
     """One row per trial of the tracker's sweep, best validation AbsRel first (rank 1).
 
     `best_val_abs_rel` is the minimum of the `val/abs_rel` history and `delta1` is `val/delta1`
-    at that same step; `curve` holds `[(epoch, val/abs_rel), ...]` for plotting.
+    at that same step; `curve` holds `[(x, val/abs_rel), ...]` for plotting, x being the `epoch`
+    metric logged at that step (`curve_x == "epoch"`) or else the step itself.
     """
     rows = [_trial_row(tracker, run) for run in tracker.trial_runs()]
     rows.sort(key=lambda r: (r["best_val_abs_rel"] is None, r["best_val_abs_rel"] or 0.0,
@@ -81,6 +82,7 @@ def _trial_row(tracker: SweepTracker, run) -> dict:
         "epochs": len(abs_rel),
         "status": tags.get(STATUS_TAG, run.info.status.lower()),
         "curve": sorted((epoch_of.get(s, s), v) for s, v in abs_rel.items()),
+        "curve_x": "epoch" if epoch_of else "step",
     }
 
 
@@ -124,7 +126,8 @@ def write_plots(rows: list[dict], out_dir) -> list[Path]:
         if row["curve"]:
             xs, ys = zip(*row["curve"])
             ax.plot(xs, ys, marker="o", label=f"#{row['rank']} {row['run_name']} ({row['status']})")
-    ax.set(xlabel="epoch", ylabel="val AbsRel (lower is better)", title="Validation AbsRel per trial")
+    x_label = "epoch" if all(row["curve_x"] == "epoch" for row in rows if row["curve"]) else "step"
+    ax.set(xlabel=x_label, ylabel="val AbsRel (lower is better)", title="Validation AbsRel per trial")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if any(row["curve"] for row in rows):

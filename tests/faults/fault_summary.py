@@ -8,6 +8,7 @@ KINDS = {  # kind → (what, first count, second count)
     "faults": ("faults", "injected", "survived"),
     "inputs": ("bad inputs", "tried", "rejected cleanly"),
     "metrics": ("metrics", "logged", "found"),
+    "leaks": ("configured secrets", "places searched", "clean"),
 }
 
 

@@ -133,5 +133,8 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, sweep_mlflow
     parents = tracker._search("tags.`sweep.role` = 'parent'")
     assert len(parents) == 1
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    assert len(study.trials) == 3, [t.state.name for t in study.trials]
-    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    states = [t.state.name for t in study.trials]
+    # Exactly the 3 Tune trials ran; a proposal the killed driver made but Ray never recorded
+    # (if any) is closed as FAIL, never left RUNNING.
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 3, states
+    assert "RUNNING" not in states, states

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from tests.plugins.mlflow_fixtures import make_toy_adapter
 from tracking.compare import build_leaderboard, write_leaderboard
+from tracking.compare import main as compare_main
 from tracking.errors import TrackingError
 from tracking.logger import MetricLogger
 from tracking.runs import SweepTracker
@@ -229,11 +230,11 @@ def test_leaderboard_finish_parent_and_compare_cli(sweep):
     print(f"comparison plots: {out}")
 
 
-def test_compare_cli_rejects_unknown_experiment(mlflow_server):
-    proc = subprocess.run([sys.executable, "-m", "tracking.compare", "--experiment", "no-such-sweep",
-                           "--tracking-uri", mlflow_server], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: experiment 'no-such-sweep' not found")
+def test_compare_cli_rejects_unknown_experiment(mlflow_server, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["--experiment", "no-such-sweep", "--tracking-uri", mlflow_server])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: experiment 'no-such-sweep' not found on {mlflow_server}\n"
 
 
 def _artifact_paths(client, run_id, path=None) -> set:
@@ -243,13 +244,13 @@ def _artifact_paths(client, run_id, path=None) -> set:
     return paths
 
 
-def test_unreachable_server_fails_fast_with_one_line(tmp_path):
+def test_unreachable_server_fails_fast_with_one_line(capsys):
     from tracking.server import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TrackingError, match=f"MLflow server {dead} is not reachable"):
         SweepTracker(dead, "any")
-    proc = subprocess.run([sys.executable, "-m", "tracking.compare", "--experiment", "x", "--tracking-uri", dead],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: MLflow server {dead} is not reachable (GET /health failed)"
-
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["--experiment", "x", "--tracking-uri", dead])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: MLflow server {dead} is not reachable (GET /health failed)\n"

@@ -69,6 +69,7 @@ def test_resume_continues_bit_for_bit(small_config, recording_reporter, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run_training(config_b, interrupted)
     assert interrupted.ends[-1][0] == "failed"
+    assert interrupted.steps[0][1]["train/loss"] == full.steps[0][1]["train/loss"]  # seeded: same start
     checkpoint = interrupted.epochs[0][2]
 
     resumed = recording_reporter()

@@ -1,0 +1,125 @@
+"""The sweep driver SIGKILLed mid-sweep, then `--resume`: 0 lost, 0 duplicated trials and runs.
+
+The sweep runs with credentials configured in its environment (an MLflow password, a Ray auth
+token, a storage secret): afterwards none of them appears in the sweep's MLflow data (params,
+tags, metric names, artifacts), its storage folder or its logs.
+"""
+
+import json
+import secrets
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.faults.fault_summary import record, record_counts
+from tests.faults.sweep_harness import (
+    checkpoints,
+    kill_group,
+    kill_ray_leftovers,
+    start_sweep,
+    sweep_env,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+TRIALS = 5
+SPACE = textwrap.dedent(f"""\
+    name: faults-driver
+    budget: {{num_samples: {TRIALS}, max_epochs: 3}}
+    resources: {{cpus_per_trial: 1, workers_per_trial: 1}}
+    asha: {{grace_period: 1, reduction_factor: 2}}
+    sampler: {{seed: 1, n_startup_trials: 2}}
+    strategies: {{A: {{}}, C: {{}}}}
+    parameters:
+      lora.rank: {{type: int, low: 4, high: 12}}
+      optim.lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
+    points_to_evaluate:
+      - {{lora.strategy: C, lora.rank: 8, optim.lr: 1.0e-3}}
+    """)
+
+
+def _leaks(data: bytes | str, secret_values: list[str]) -> list[str]:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return [s for s in secret_values if s in text]
+
+
+@pytest.mark.timeout(1200)
+def test_killed_driver_resumes_and_no_secret_leaks(tmp_path, mlflow_server_factory):
+    from tracking.runs import SweepTracker
+
+    server = mlflow_server_factory()
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "store"
+    sweep_dir = storage / "faults-driver"
+    configured = {
+        "MLFLOW_TRACKING_USERNAME": "sweeps",
+        "MLFLOW_TRACKING_PASSWORD": "mlflow-pw-" + secrets.token_hex(12),
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "AWS_SECRET_ACCESS_KEY": "aws-" + secrets.token_hex(16),
+    }
+    secret_values = [v for k, v in configured.items() if k != "MLFLOW_TRACKING_USERNAME"]
+    env = sweep_env({"STANDIN_EPOCH_S": "2", "RAY_AUTH_MODE": "token", **configured})
+    args = ["--space", str(space), "--storage-path", str(storage), "--tracking-uri", server.url,
+            "--max-concurrent", "1"]
+
+    first_log = tmp_path / "first.log"
+    driver = start_sweep(args, first_log, env)
+    try:  # kill once a trial has ended and the next one has checkpointed
+        wait_for(lambda: len({p.parent for p in checkpoints(sweep_dir)}) >= 2, 600, driver, first_log)
+    finally:
+        kill_group(driver)
+        kill_ray_leftovers(driver.pid)
+    done_before = len({p.parent for p in checkpoints(sweep_dir)})
+
+    second_log = tmp_path / "resume.log"
+    resumed = start_sweep(args + ["--resume"], second_log, env)
+    try:
+        resumed.wait(timeout=900)
+    finally:
+        if resumed.poll() is None:
+            kill_group(resumed)
+    assert resumed.returncode == 0, second_log.read_text()[-4000:]
+
+    tracker = SweepTracker(server.url, "faults-driver", create=False)
+    runs = tracker.trial_runs()
+    trial_ids = [r.data.tags["ray.trial_id"] for r in runs]
+    lost = TRIALS - len(set(trial_ids))
+    duplicated = len(trial_ids) - len(set(trial_ids))
+    parents = tracker._search("tags.`sweep.role` = 'parent'")
+    study = optuna.load_study(study_name="faults-driver", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    ok = (lost == 0 and duplicated == 0 and len(parents) == 1 and len(study.trials) == TRIALS
+          and summary["trials"] == TRIALS)
+    record("faults", "sweep driver SIGKILL mid-sweep → --resume", ok,
+           f"{done_before} trials had checkpoints at the kill; lost {lost}, duplicated {duplicated}")
+    assert lost == 0 and duplicated == 0, trial_ids
+    assert len(parents) == 1
+    assert all(r.data.tags.get("trial.status") in ("completed", "early_stopped") for r in runs)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert len(study.trials) == TRIALS and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert summary["trials"] == TRIALS
+
+    # No configured secret anywhere in what the sweep wrote or logged.
+    places = {}
+    client = tracker.client
+    for run in [*runs, *parents]:
+        data = client.get_run(run.info.run_id).data
+        places[f"run {run.info.run_id[:8]} params/tags/metric names"] = json.dumps(
+            [data.params, data.tags, sorted(data.metrics)])
+        local = client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts" / run.info.run_id))
+        for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+            places[f"artifact {run.info.run_id[:8]}/{path.relative_to(local)}"] = path.read_bytes()
+    for path in sorted(p for p in storage.rglob("*") if p.is_file()):
+        places[f"storage {path.relative_to(storage)}"] = path.read_bytes()
+    places["driver log (killed run)"] = first_log.read_text()
+    places["driver log (resumed run)"] = second_log.read_text()
+    leaks = {where: _leaks(data, secret_values) for where, data in places.items()}
+    leaks = {where: found for where, found in leaks.items() if found}
+    record_counts("leaks", "MLflow password, Ray token, S3 secret", len(places), len(places) - len(leaks),
+                  f"{sum(1 for w in places if w.startswith('artifact'))} artifacts, "
+                  f"{sum(1 for w in places if w.startswith('storage'))} storage files, 2 driver logs")
+    assert not leaks, f"secrets found in: {sorted(leaks)}"

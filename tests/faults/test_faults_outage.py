@@ -1,0 +1,84 @@
+"""The MLflow server goes down for 30 s while trials run: once it is back, 0 metrics are lost."""
+
+import json
+import textwrap
+import time
+
+import pytest
+
+from tests.faults.fault_summary import record, record_counts
+from tests.faults.sweep_harness import checkpoints, kill_group, start_sweep, sweep_env, tune_results, wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+OUTAGE_S = 30
+EPOCHS = 8
+STEPS_PER_EPOCH = 2  # the stand-in logs two optimizer steps per epoch
+SPACE = textwrap.dedent(f"""\
+    name: faults-outage
+    budget: {{num_samples: 2, max_epochs: {EPOCHS}}}
+    resources: {{cpus_per_trial: 1, workers_per_trial: 1}}
+    asha: {{grace_period: {EPOCHS}, reduction_factor: 2}}
+    sampler: {{seed: 0, n_startup_trials: 2}}
+    strategies: {{A: {{}}, B: {{}}}}
+    parameters:
+      lora.rank: {{type: int, low: 4, high: 8}}
+      optim.lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
+    points_to_evaluate:
+      - {{lora.strategy: A, lora.rank: 4, optim.lr: 1.0e-3}}
+      - {{lora.strategy: B, lora.rank: 8, optim.lr: 2.0e-3}}
+    """)
+
+
+@pytest.mark.timeout(900)
+def test_mlflow_outage_during_trials_loses_no_metric(tmp_path, mlflow_server_factory):
+    from tracking.runs import SweepTracker
+    from tracking.server import MlflowServer
+
+    server = mlflow_server_factory()
+    url, port, data_dir = server.url, server.port, server.data_dir
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "store"
+    sweep_dir = storage / "faults-outage"
+    log = tmp_path / "sweep.log"
+    driver = start_sweep(["--space", str(space), "--storage-path", str(storage), "--tracking-uri", url,
+                          "--max-concurrent", "1"], log, sweep_env({"STANDIN_EPOCH_S": "3"}))
+    try:
+        wait_for(lambda: checkpoints(sweep_dir), 600, driver, log)  # trial 1 is training
+        server.stop()
+        down_at = time.time()
+        print(f"MLflow server stopped after {len(checkpoints(sweep_dir))} checkpoint(s)")
+        while time.time() - down_at < OUTAGE_S:
+            assert driver.poll() is None, "sweep died during the outage:\n" + log.read_text()[-4000:]
+            time.sleep(1)
+        during = len(checkpoints(sweep_dir))
+        assert MlflowServer(data_dir, port=port).start(timeout=240) == url
+        print(f"MLflow server back after {time.time() - down_at:.0f} s; {during} checkpoint(s) by then")
+        driver.wait(timeout=900)
+    finally:
+        if driver.poll() is None:
+            kill_group(driver)
+    assert driver.returncode == 0, log.read_text()[-4000:]
+    assert during >= 2, "the outage did not overlap training"
+
+    tracker = SweepTracker(url, "faults-outage", create=False)
+    runs = tracker.trial_runs()
+    results = tune_results(sweep_dir)
+    assert len(runs) == 2 and len(results) == 2
+    logged = found = 0
+    for run in runs:
+        assert run.data.tags.get("trial.status") == "completed" and run.info.status == "FINISHED"
+        epochs = [int(r["epoch"]) for r in results[run.data.tags["ray.trial_id"]]]
+        assert epochs == list(range(1, EPOCHS + 1))
+        expected = {"val/abs_rel": epochs, "val/delta1": epochs,
+                    "train/loss": list(range(EPOCHS * STEPS_PER_EPOCH))}
+        for key, steps in expected.items():
+            history = sorted(m.step for m in tracker.client.get_metric_history(run.info.run_id, key))
+            logged += len(steps)
+            found += len(set(history) & set(steps))
+            assert history == steps, (run.data.tags["ray.trial_id"], key, history)
+    record("faults", f"MLflow server down {OUTAGE_S} s during trials", True, f"{during} checkpoints by restart")
+    record_counts("metrics", "every epoch/step metric after the outage", logged, found)
+    assert (sweep_dir / "summary.json").is_file()
+    assert json.loads((sweep_dir / "summary.json").read_text())["trials"] == 2
