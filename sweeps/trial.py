@@ -94,6 +94,7 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
     resume = tune.get_checkpoint()  # set when Tune retries this trial or restores the sweep
     reports = ReportChannel(Path(overrides["train.output_dir"]) / "reports")
     reports.skip_existing()  # left by an earlier attempt of this trial
+    reports.beat()
     space = setup.space
     workers = space.workers_per_trial
     per_worker = {"CPU": space.cpus_per_trial / workers}
@@ -129,6 +130,7 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
     thread.start()
     while True:
         alive = thread.is_alive()
+        reports.beat()
         for item in reports.read_new():
             if END_KEY in item:
                 if item[END_KEY] == "diverged":  # one last result so the driver side knows why
@@ -156,6 +158,21 @@ class ReportChannel:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.seen: set[str] = set()
+
+    HEARTBEAT = "driver.heartbeat"
+    STALE_AFTER_S = 30.0
+
+    def beat(self) -> None:
+        """Called by the trial driver: it is alive (ASHA kills it; then its workers must stop)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / self.HEARTBEAT).touch()
+
+    def driver_gone(self) -> bool:
+        try:
+            age = time.time() - (self.directory / self.HEARTBEAT).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age > self.STALE_AFTER_S
 
     def skip_existing(self) -> None:
         if self.directory.is_dir():
@@ -236,6 +253,10 @@ def train_worker(loop_config: dict) -> None:
             shutil.rmtree(resume_from, ignore_errors=True)
 
 
+class TrialStopped(Exception):
+    """Raised in rank 0's reporter when the trial driver is gone, to end orphaned training."""
+
+
 class TrialReporter(Reporter):
     """Rank 0's reporter: epochs → the trial driver (→ Tune, ASHA); steps/epochs/files → MLflow.
 
@@ -247,6 +268,7 @@ class TrialReporter(Reporter):
     def __init__(self, results, tracking_uri, run_id, spool_dir: Path, metric: str, mode: str,
                  overrides: dict):
         self.results = results
+        self.stopped = False
         self.run_id = run_id
         self.metric, self.mode = metric, mode
         self.best_value = None
@@ -263,11 +285,18 @@ class TrialReporter(Reporter):
                 best={metric: mode, "val/abs_rel": "min"},
             )
 
+    def _check_driver(self) -> None:
+        if self.results.driver_gone():  # the trial was stopped (ASHA) or its driver died
+            self.stopped = True
+            raise TrialStopped("the trial's driver is gone (stopped by the scheduler); stopping training")
+
     def on_step(self, step: int, metrics: dict) -> None:
+        self._check_driver()
         if self.logger:
             self.logger.log_metrics(_numeric(metrics), step=step)
 
     def on_epoch(self, epoch: int, metrics: dict, checkpoint_dir: str | None) -> None:
+        self._check_driver()
         metrics = _numeric(metrics)
         if self.logger:
             self._log_epoch(epoch, metrics, checkpoint_dir)
@@ -318,6 +347,8 @@ class TrialReporter(Reporter):
             self.logger.log_artifacts(str(eval_dir), "eval")
 
     def on_end(self, status: str, reason: str = "") -> None:
+        if self.stopped:  # the driver side has closed the run already
+            return
         if self.logger:
             self.logger.set_tags({"trial.train_status": status, **({"trial.stop_reason": reason}
                                                                    if status != "completed" else {})})

@@ -292,6 +292,13 @@ def test_dockerfile_stages_match_compose_builds(env_example, services):
                 sources = [a for a in line.split()[1:-1] if not a.startswith("--")]
                 for source in sources:
                     assert (REPO_ROOT / source).exists(), f"{stage}: COPY {source}: not in the repository"
+    # The build context's ignore file (BuildKit: docker/Dockerfile.dockerignore) lets every COPY through.
+    ignore = (DOCKER_DIR / "Dockerfile.dockerignore").read_text().split()
+    assert ignore[0] == "**", "the context should be an allow-list (everything excluded first)"
+    for line in (line for lines in stages.values() for line in lines if line.startswith("COPY")):
+        for source in [a for a in line.split()[1:-1] if not a.startswith("--")]:
+            allowed = f"!{source}/**" if (REPO_ROOT / source).is_dir() else f"!{source}"
+            assert allowed in ignore, f"Dockerfile.dockerignore hides COPY source {source}"
     project = " ".join(stages["project"])
     assert 'pip install --no-cache-dir . ' in project + " " and "pip check" in project
     assert '"torch==${TORCH_VERSION}"' in project
