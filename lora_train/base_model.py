@@ -95,8 +95,6 @@ def ensure_synthetic_scenes(family: str, num_scenes: int, seed: int = 0, cache_d
 
 def tiny_base_key(recipe: TinyBaseRecipe) -> str:
     """Content hash of everything that determines the tiny base's weights."""
-    from lora_train.model import VGGTConfig
-
     content = {
         "version": ASSET_VERSION,
         "model": tiny_base_config().to_dict(),

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np

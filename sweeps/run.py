@@ -118,6 +118,8 @@ def configure_environment() -> None:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment state often, so a killed driver loses (almost) no started trial.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
@@ -303,6 +305,7 @@ def finish(space: SweepSpace, setup, tracker, results, sweep_dir: Path) -> dict:
 
     from sweeps.serving import register_champion
 
+    abandoned = close_abandoned_runs(tracker, results)
     rows, files = compare(tracker, sweep_dir, log_to_parent=True)
     print(format_leaderboard(rows), flush=True)
     csv_path, md_path = files[0], files[1]
@@ -340,8 +343,22 @@ def finish(space: SweepSpace, setup, tracker, results, sweep_dir: Path) -> dict:
             best_metrics[f"base/{space.metric.replace('/', '_')}"] = summary["base_value"]
     tracker.finish_parent(best_run_id, best_metrics, [str(csv_path), str(md_path)])
     summary["abandoned_optuna_trials"] = fail_abandoned_optuna_trials(space, sweep_dir)
+    summary["abandoned_runs"] = abandoned
     _write_atomic(sweep_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def close_abandoned_runs(tracker, results) -> int:
+    """Close child runs still RUNNING whose trial the (restored) experiment does not know: the
+    driver was killed within a second of starting them, before Tune recorded them."""
+    known = {Path(result.path).name for result in results if result.path}
+    abandoned = 0
+    for run in tracker.trial_runs():
+        if run.info.status == "RUNNING" and run.data.tags.get("ray.trial_id") not in known:
+            tracker.close_trial(run.info.run_id, "failed",
+                                "abandoned: the sweep driver was killed before the trial was recorded")
+            abandoned += 1
+    return abandoned
 
 
 def fail_abandoned_optuna_trials(space: SweepSpace, sweep_dir: Path) -> int:

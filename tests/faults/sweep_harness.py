@@ -79,8 +79,15 @@ def train_workers(driver: subprocess.Popen) -> list[psutil.Process]:
 
 
 def checkpoints(sweep_dir: Path) -> list[Path]:
-    """Tune checkpoints of every trial (`<sweep_dir>/<trial_id>/checkpoint_*`)."""
+    """Tune checkpoints of every trial (`<sweep_dir>/<trial_id>/checkpoint_*`); Tune keeps only
+    the last few per trial, so compare sets of paths to see new ones, not counts."""
     return sorted(sweep_dir.glob("*/checkpoint_*"))
+
+
+def epochs_reported(log: Path) -> int:
+    """Epoch results the sweep's live progress has printed so far (`... <trial> epoch N: ...`)."""
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if line.startswith("[sweep") and " epoch " in line)
 
 
 def wait_for(predicate, timeout: float, driver: subprocess.Popen | None = None, log: Path | None = None,

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.faults.fault_summary import record, record_counts
-from tests.faults.sweep_harness import checkpoints, kill_group, start_sweep, sweep_env, tune_results, wait_for
+from tests.faults.sweep_harness import checkpoints, epochs_reported, kill_group, start_sweep, sweep_env, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -48,30 +48,29 @@ def test_mlflow_outage_during_trials_loses_no_metric(tmp_path, mlflow_server_fac
         wait_for(lambda: checkpoints(sweep_dir), 600, driver, log)  # trial 1 is training
         server.stop()
         down_at = time.time()
-        print(f"MLflow server stopped after {len(checkpoints(sweep_dir))} checkpoint(s)")
+        before = epochs_reported(log)
+        print(f"MLflow server stopped after {before} epoch result(s)")
         while time.time() - down_at < OUTAGE_S:
             assert driver.poll() is None, "sweep died during the outage:\n" + log.read_text()[-4000:]
             time.sleep(1)
-        during = len(checkpoints(sweep_dir))
         assert MlflowServer(data_dir, port=port).start(timeout=240) == url
-        print(f"MLflow server back after {time.time() - down_at:.0f} s; {during} checkpoint(s) by then")
+        during = epochs_reported(log) - before
+        print(f"MLflow server back after {time.time() - down_at:.0f} s; {during} epoch result(s) while down")
         driver.wait(timeout=900)
     finally:
         if driver.poll() is None:
             kill_group(driver)
     assert driver.returncode == 0, log.read_text()[-4000:]
-    assert during >= 2, "the outage did not overlap training"
+    assert during >= 2, "the outage did not overlap training"  # trials kept training while it was down
 
     tracker = SweepTracker(url, "faults-outage", create=False)
     runs = tracker.trial_runs()
-    results = tune_results(sweep_dir)
-    assert len(runs) == 2 and len(results) == 2
+    assert len(runs) == 2
     logged = found = 0
     for run in runs:
         assert run.data.tags.get("trial.status") == "completed" and run.info.status == "FINISHED"
-        rows = results[run.data.tags["ray.trial_id"]]
-        assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
-        epoch_steps = [int(r["step"]) for r in rows]  # epoch metrics are logged at the global step
+        # Epoch metrics are logged at the global step (the stand-in takes STEPS_PER_EPOCH per epoch).
+        epoch_steps = [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)]
         expected = {"val/abs_rel": epoch_steps, "val/delta1": epoch_steps,
                     "train/loss": list(range(EPOCHS * STEPS_PER_EPOCH))}
         for key, steps in expected.items():
@@ -79,7 +78,7 @@ def test_mlflow_outage_during_trials_loses_no_metric(tmp_path, mlflow_server_fac
             logged += len(steps)
             found += len(set(history) & set(steps))
             assert history == steps, (run.data.tags["ray.trial_id"], key, history)
-    record("faults", f"MLflow server down {OUTAGE_S} s during trials", True, f"{during} checkpoints by restart")
+    record("faults", f"MLflow server down {OUTAGE_S} s during trials", True, f"{during} epochs trained while down")
     record_counts("metrics", "every epoch/step metric after the outage", logged, found)
     assert (sweep_dir / "summary.json").is_file()
     assert json.loads((sweep_dir / "summary.json").read_text())["trials"] == 2

@@ -110,9 +110,10 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, sweep_mlflow
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline:  # kill once one trial has ended and another has started
+        while time.time() < deadline:  # kill once one trial has ended and the next is mid-training
             text = (tmp_path / "first.log").read_text()
-            if ("finished after" in text or "stopped by ASHA" in text) and text.count(" started ") >= 2:
+            ended = [i for i, line in enumerate(text.splitlines()) if "finished after" in line or "stopped by ASHA" in line]
+            if ended and any(" epoch 1: " in line for line in text.splitlines()[ended[0]:]):
                 break
             assert driver.poll() is None, text[-3000:]
             time.sleep(1)
