@@ -319,10 +319,13 @@ def finish(space: SweepSpace, setup, tracker, results, sweep_dir: Path) -> dict:
     summary = {"trials": len(results), "errors": len(results.errors), "leaderboard": [str(csv_path), str(md_path)],
                "rows": [{k: v for k, v in row.items() if k != "curve"} for row in rows]}
     best_run_id = None
-    if best is not None and best.metrics:
+    if best is not None and best.metrics and space.metric in best.metrics:
         trial_id = best.metrics["trial_id"]
         df = best.metrics_dataframe
-        best_value = float(df[space.metric].min() if space.mode == "min" else df[space.metric].max())
+        if df is not None and space.metric in df:
+            best_value = float(df[space.metric].min() if space.mode == "min" else df[space.metric].max())
+        else:  # the result files may lag behind; the reported result has the value too
+            best_value = float(best.metrics[space.metric])
         best_run_id = next((r["run_id"] for r in rows if r["trial_id"] == trial_id), None)
         summary.update({"best_trial": trial_id, "best_value": best_value, "best_run_id": best_run_id})
         checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint
@@ -391,7 +394,7 @@ def _base_metric(sweep_dir: Path, trial_id: str) -> float | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     summary = run_sweep(args)
-    return 0 if summary.get("trials") else 1
+    return 0 if summary.get("best_trial") else 1  # 1: no trial produced a result
 
 
 if __name__ == "__main__":

@@ -24,19 +24,19 @@ def test_cosine_with_warmup_shape():
 
 
 def test_run_steps_schedule_reports_and_saves_adapter_only(small_config, recording_reporter):
-    config = small_config(**{"train.epochs": 2, "train.steps_per_epoch": 3, "optim.warmup_ratio": 0.34})
+    config = small_config(**{"train.epochs": 2, "train.steps_per_epoch": 2, "optim.warmup_ratio": 0.25})
     reporter = recording_reporter()
     result = run_training(config, reporter)
 
     assert result.status == "completed" and result.epochs_done == 2
     assert reporter.ends == [("completed", "")]
     lrs = [m["train/lr"] for _, m in reporter.steps]
-    assert [s for s, _ in reporter.steps] == list(range(6))
-    # the LambdaLR steps every optimizer step: 0 at step 0, peak after 2 warmup steps, then cosine
+    assert [s for s, _ in reporter.steps] == list(range(4))
+    # the LambdaLR steps every optimizer step: 0 at step 0, peak after 1 warmup step, then cosine
     peak = config.optim.lr
-    factor = cosine_with_warmup(6, 2, config.optim.final_lr_ratio)
-    assert lrs == pytest.approx([peak * factor(s) for s in range(6)])
-    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(peak) and lrs[5] < lrs[3] < lrs[2]
+    factor = cosine_with_warmup(4, 1, config.optim.final_lr_ratio)
+    assert lrs == pytest.approx([peak * factor(s) for s in range(4)])
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(peak) and lrs[3] < lrs[2] < lrs[1]
     for _, metrics in reporter.steps:
         assert {"train/loss", "train/conf_depth", "train/reg_depth", "train/camera", "time/step_s"} <= set(metrics)
         assert all(math.isfinite(v) for v in metrics.values())
