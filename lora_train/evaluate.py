@@ -123,9 +123,8 @@ def save_visualization(path: Path, window: dict, predictions: dict[str, np.ndarr
     images = window["images"].permute(0, 2, 3, 1).numpy()
     gt = window["depths"].numpy().astype(np.float64)
     valid = window["point_masks"].numpy().astype(bool) & np.isfinite(gt) & (gt > 0)
-    aligned = {
-        label: align_depth(np.where(valid, depth, 1.0).astype(np.float64), gt, valid, align)
-        if valid.any() else depth
+    aligned = {  # every pixel shown; the alignment itself is fitted on the valid ones
+        label: align_depth(np.nan_to_num(depth.astype(np.float64), nan=0.0, posinf=0.0), gt, valid, align)
         for label, depth in predictions.items()
     }
     low, high = np.percentile(gt[valid], [2, 98]) if valid.any() else (0.0, 1.0)
@@ -152,7 +151,7 @@ def save_visualization(path: Path, window: dict, predictions: dict[str, np.ndarr
             ax.set_yticks([])
             if view == 0:
                 ax.set_title(columns[col], fontsize=8)
-            if kind == "error" and view == 0:
+            if view == 0 and col >= len(panels) - 2:  # colour bars of GT depth and of the error
                 fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(f"{window.get('scene', '')}  (depth in metres, pred aligned: {align})", fontsize=9)
     fig.tight_layout()
