@@ -94,6 +94,7 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
     resume = tune.get_checkpoint()  # set when Tune retries this trial or restores the sweep
     reports = ReportChannel(Path(overrides["train.output_dir"]) / "reports")
     reports.skip_existing()  # left by an earlier attempt of this trial
+    (reports.directory / ReportChannel.STOP).unlink(missing_ok=True)
     reports.beat()
     space = setup.space
     workers = space.workers_per_trial
@@ -128,13 +129,27 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
 
     thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
     thread.start()
+    try:
+        _forward_reports(reports, thread, space.metric)
+    except BaseException:  # Tune stops the trial (ASHA) by ending this thread: stop the workers too
+        reports.stop()
+        raise
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _forward_reports(reports: "ReportChannel", thread: threading.Thread, metric: str) -> None:
+    """Report rank 0's epoch results to Tune as they arrive, until the Train run ends."""
+    from ray import tune
+
     while True:
         alive = thread.is_alive()
         reports.beat()
         for item in reports.read_new():
             if END_KEY in item:
                 if item[END_KEY] == "diverged":  # one last result so the driver side knows why
-                    tune.report({space.metric: float("nan"), "train_status": "diverged",
+                    tune.report({metric: float("nan"), "train_status": "diverged",
                                  "stop_reason": item.get("reason", "")})
                 continue
             checkpoint_dir = item.pop("checkpoint_dir", None)
@@ -143,9 +158,6 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
         if not alive:
             break
         time.sleep(0.2)
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 class ReportChannel:
@@ -160,7 +172,15 @@ class ReportChannel:
         self.seen: set[str] = set()
 
     HEARTBEAT = "driver.heartbeat"
-    STALE_AFTER_S = 30.0
+    STOP = "driver.stopped"
+    STALE_AFTER_S = 10.0
+
+    def stop(self) -> None:
+        """Called by the trial driver when Tune stops it: the workers end their training."""
+        try:
+            (self.directory / self.STOP).touch()
+        except OSError:
+            pass
 
     def beat(self) -> None:
         """Called by the trial driver: it is alive (ASHA kills it; then its workers must stop)."""
@@ -168,6 +188,8 @@ class ReportChannel:
         (self.directory / self.HEARTBEAT).touch()
 
     def driver_gone(self) -> bool:
+        if (self.directory / self.STOP).exists():
+            return True
         try:
             age = time.time() - (self.directory / self.HEARTBEAT).stat().st_mtime
         except FileNotFoundError:

@@ -293,7 +293,8 @@ def test_dockerfile_stages_match_compose_builds(env_example, services):
                 for source in sources:
                     assert (REPO_ROOT / source).exists(), f"{stage}: COPY {source}: not in the repository"
     # The build context's ignore file (BuildKit: docker/Dockerfile.dockerignore) lets every COPY through.
-    ignore = (DOCKER_DIR / "Dockerfile.dockerignore").read_text().split()
+    ignore = [line.strip() for line in (DOCKER_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
     assert ignore[0] == "**", "the context should be an allow-list (everything excluded first)"
     for line in (line for lines in stages.values() for line in lines if line.startswith("COPY")):
         for source in [a for a in line.split()[1:-1] if not a.startswith("--")]:
