@@ -20,6 +20,15 @@ class PruningAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
 
+    def on_trial_result(self, trial_id, result):
+        # After a killed driver, Ray's experiment state can be a second older than the Optuna
+        # study: a trial it resumes may already be finished in the study. Its intermediate value
+        # is then already recorded; never fail the sweep over it.
+        try:
+            super().on_trial_result(trial_id, result)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            _log.warning("optuna report for trial %s skipped: %s", trial_id, exc)
+
     def on_trial_complete(self, trial_id, result=None, error=False):
         from optuna.trial import TrialState
 
