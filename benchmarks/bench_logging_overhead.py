@@ -19,6 +19,7 @@ Without --tracking-uri a real `mlflow server` is started in a temporary director
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -118,12 +119,20 @@ def plot_times(times: dict, path: str) -> None:
 
 def main() -> int:
     server = None
+    cpus = sorted(os.sched_getaffinity(0))
+    isolate = ARGS.isolate_server and not ARGS.tracking_uri and len(cpus) >= 2
+    if isolate:  # the server gets the last CPU (inherited by its workers), the loop the others
+        os.sched_setaffinity(0, {cpus[-1]})
     if ARGS.tracking_uri:
         uri = validate_tracking_uri(ARGS.tracking_uri)
     else:
         server = MlflowServer(tempfile.mkdtemp(prefix="bench-mlflow-"))
         print("starting a local mlflow server ...", flush=True)
         uri = server.start(timeout=300)
+    if isolate:
+        os.sched_setaffinity(0, set(cpus[:-1]))
+        torch.set_num_threads(len(cpus) - 1)
+        print(f"server pinned to CPU {cpus[-1]}, training loop + logger thread to CPUs {cpus[:-1]}", flush=True)
     try:
         tracker = SweepTracker(uri, "bench-logging-overhead")
         tracker.open_parent("bench-logging-overhead", {}, "{}\n")
@@ -190,6 +199,9 @@ if __name__ == "__main__":
     parser.add_argument("--naive-steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plot", default=None, help="write a bar chart PNG here")
+    parser.add_argument("--no-isolate-server", dest="isolate_server", action="store_false",
+                        help="share all CPUs between the local server and the loop (default: the server gets "
+                             "its own CPU, as a remote tracking server would)")
     ARGS = parser.parse_args()
     ARGS.epoch_steps = ARGS.epoch_steps or ARGS.steps
     sys.exit(main())
