@@ -1,5 +1,6 @@
 """User-facing errors: one line that names the culprit, exit code 2 from every CLI."""
 
+import argparse
 import functools
 import sys
 
@@ -26,3 +27,10 @@ def cli_main(main):
             sys.exit(2)
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose usage errors are one line (`error: <prog>: ...`), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")

@@ -11,7 +11,6 @@ per window, since VGGT predicts in the first-frame normalised scale). Camera met
 `lora_train.metrics.pose_metrics` on all frame pairs of a window, averaged over windows.
 """
 
-import argparse
 import contextlib
 import json
 import math
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora_train.errors import UserError, cli_main
+from lora_train.errors import ArgumentParser, UserError, cli_main
 from lora_train.losses import normalize_gt
 from lora_train.metrics import ALIGN_MODES, DEPTH_METRIC_KEYS, align_depth, depth_metrics, pose_metrics
 from lora_train.model import pose_encoding_to_extri_intri
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from lora_train.model import VGGT, load_pretrained
     from lora_train.train import autocast_dtype, build_datasets, parse_overrides, resolve_device, DistInfo
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m lora_train.evaluate",
         description="Depth and camera metrics of VGGT (+ LoRA adapter) on the validation windows.",
     )

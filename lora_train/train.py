@@ -13,7 +13,6 @@ Order of things (the order matters):
   gradient clipping, divergence guard → validation → adapter-only checkpoint (rank 0) → reporter.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import math
@@ -35,7 +34,7 @@ from tqdm import tqdm
 from lora_train.base_model import ensure_synthetic_scenes, resolve_checkpoint
 from lora_train.config import TrainConfig, load_config, save_config, vggt_config
 from lora_train.data import ETH3DWindows, collate_windows
-from lora_train.errors import UserError, cli_main
+from lora_train.errors import ArgumentParser, UserError, cli_main
 from lora_train.evaluate import evaluate_model
 from lora_train.losses import VGGTLoss, normalize_gt
 from lora_train.lora import apply_lora, load_adapter, save_adapter, trainable_parameter_groups
@@ -546,7 +545,7 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m lora_train.train",
         description="LoRA fine-tuning of VGGT. Any config key can be overridden: --optim.lr 5e-5 --lora.rank 8",
     )

@@ -20,14 +20,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python sweeps/run.py` from a checkout, without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import json
 import math
 import os
 import time
 from dataclasses import replace
 
-from lora_train.errors import UserError, cli_main
+from lora_train.errors import ArgumentParser, UserError, cli_main
 from sweeps.space import SweepSpace, load_space
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -37,7 +36,7 @@ LEADERBOARD_LIMIT = 50
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python sweeps/run.py", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python sweeps/run.py", description=__doc__.splitlines()[0])
     p.add_argument("--space", required=True, help="search-space YAML (e.g. sweeps/strategies.yaml)")
     p.add_argument("--data-root", help="ETH3D-format dataset folder (default: synthetic facades, cached)")
     p.add_argument("--checkpoint", help="VGGT-1B model.pt to fine-tune instead of the tiny base")
@@ -306,6 +305,7 @@ def finish(space: SweepSpace, setup, tracker, results, sweep_dir: Path) -> dict:
     from sweeps.serving import register_champion
 
     abandoned = close_abandoned_runs(tracker, results)
+    replay_trial_spools(tracker, sweep_dir)
     rows, files = compare(tracker, sweep_dir, log_to_parent=True)
     print(format_leaderboard(rows), flush=True)
     csv_path, md_path = files[0], files[1]
@@ -349,6 +349,24 @@ def finish(space: SweepSpace, setup, tracker, results, sweep_dir: Path) -> dict:
     summary["abandoned_runs"] = abandoned
     _write_atomic(sweep_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def replay_trial_spools(tracker, sweep_dir: Path, timeout: float = 300.0) -> None:
+    """Send what trials spooled while the MLflow server was down and could not send before they
+    ended (a trial's logger replays only while the trial runs)."""
+    from tracking.logger import MetricLogger
+
+    from sweeps.trial import SPOOL_FILE
+
+    for run in tracker.trial_runs():
+        spool = sweep_dir / "trials" / str(run.data.tags.get("ray.trial_id")) / SPOOL_FILE
+        if not spool.is_file() or spool.stat().st_size == 0:
+            continue
+        logger = MetricLogger(tracker.tracking_uri, run.info.run_id, spool)
+        sent = logger.flush(timeout)
+        logger.close()
+        print(f"replayed the MLflow spool of trial {run.data.tags.get('ray.trial_id')}"
+              + ("" if sent else f" (incomplete: records remain in {spool})"), flush=True)
 
 
 def close_abandoned_runs(tracker, results) -> int:

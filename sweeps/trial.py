@@ -33,6 +33,8 @@ from typing import Any, Callable
 from lora_train.reporting import Reporter
 from sweeps.space import SweepSpace, trial_overrides
 
+SPOOL_FILE = "mlflow_spool.jsonl"  # the trial MetricLogger's spool, in its output dir
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 END_KEY = "__trial_end__"
 
@@ -303,7 +305,7 @@ class TrialReporter(Reporter):
 
             spool_dir.mkdir(parents=True, exist_ok=True)
             self.logger = MetricLogger(
-                tracking_uri, run_id, spool_path=str(spool_dir / "mlflow_spool.jsonl"),
+                tracking_uri, run_id, spool_path=str(spool_dir / SPOOL_FILE),
                 best={metric: mode, "val/abs_rel": "min"},
             )
 

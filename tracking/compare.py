@@ -9,7 +9,6 @@ Prints the leaderboard, writes `leaderboard.csv`, `leaderboard.md`, `val_abs_rel
 under `comparison/`. The sweep calls `build_leaderboard` / `write_leaderboard` / `write_plots`.
 """
 
-import argparse
 import csv
 import io
 import math
@@ -17,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from tracking.errors import TrackingError, cli_main
+from tracking.errors import ArgumentParser, TrackingError, cli_main
 from tracking.params import finite_or_none
 from tracking.runs import STATUS_TAG, TRIAL_ID_TAG, SweepTracker
 from tracking.server import resolve_tracking_uri
@@ -228,7 +227,7 @@ def _write_atomic(path: Path, text: str) -> Path:
 
 @cli_main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tracking.compare", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m tracking.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", required=True, help="experiment (= sweep) name")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or the local server")
     parser.add_argument("--parent-run-id", default=None, help="default: the newest sweep parent in the experiment")

@@ -4,6 +4,7 @@
 message is ONE line that names the culprit, and every CLI exits 2 on it.
 """
 
+import argparse
 import functools
 import sys
 
@@ -27,3 +28,10 @@ def cli_main(main):
             sys.exit(2)
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose usage errors are one line (`error: <prog>: ...`), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")

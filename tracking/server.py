@@ -12,7 +12,6 @@ The server runs in its own process group, detached from the caller, and is recor
 proxied artifacts under `<data_dir>/artifacts`, bound to 127.0.0.1 on a free port.
 """
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -26,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tracking.errors import TrackingError, cli_main
+from tracking.errors import ArgumentParser, TrackingError, cli_main
 
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
@@ -315,7 +314,7 @@ def _last_line(path: Path) -> str:
 
 @cli_main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tracking.server", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m tracking.server", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
     parser.add_argument("--data-dir", default=None, help="default: $VGGT_DATA_DIR/.mlflow-server or ./.mlflow-server")
     parser.add_argument("--port", type=int, default=None)

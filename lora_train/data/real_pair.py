@@ -34,7 +34,6 @@ left ground truth) are +inf. No masks (nothing to exclude), no SfM points, no la
 CLI: python -m lora_train.data.real_pair --out DIR [--scene NAME]
 """
 
-import argparse
 import importlib.util
 import os
 import shutil
@@ -45,7 +44,7 @@ import numpy as np
 
 from lora_train.data.colmap import Camera, Image, write_cameras, write_images, write_points3d
 from lora_train.data.synthetic import write_jpeg
-from lora_train.errors import UserError, cli_main
+from lora_train.errors import ArgumentParser, UserError, cli_main
 
 MOTORCYCLE_FILES = ("motorcycle_left.png", "motorcycle_right.png", "motorcycle_disp.npz")
 MOTORCYCLE_FOCAL = 994.978  # px, downsampled images
@@ -174,7 +173,7 @@ def write_motorcycle_scene(out_dir, scene: str = "motorcycle") -> Path:
 
 @cli_main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="dataset root (the scene is written under it)")
     parser.add_argument("--scene", default="motorcycle", help="scene folder name")
     args = parser.parse_args(argv)

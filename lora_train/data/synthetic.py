@@ -18,7 +18,6 @@ a tiny base model). Output is deterministic for a given seed.
 CLI: python -m lora_train.data.synthetic --out DIR --scenes N [--family facade|generic] [--seed S]
 """
 
-import argparse
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from lora_train.data import cameras as camera_models
 from lora_train.data.colmap import Camera, Image, Point3D, write_cameras, write_images, write_points3d
 from lora_train.data.raycast import Geometry, Material, Quad, RayCamera, cast, labels, shade
-from lora_train.errors import UserError, cli_main
+from lora_train.errors import ArgumentParser, UserError, cli_main
 
 FAMILIES = ("facade", "generic")
 _FAMILY_CODE = {"facade": 1, "generic": 2}
@@ -482,7 +481,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 @cli_main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (scenes are written under it)")
     parser.add_argument("--scenes", type=int, required=True, help="number of scenes")
     parser.add_argument("--family", default="facade", help="facade (target domain) or generic (pretraining)")

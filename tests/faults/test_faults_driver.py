@@ -93,10 +93,6 @@ def killed_and_resumed(tmp_path_factory):
         server.stop()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known gap (sweeps): --resume after the driver was killed while a trial had reported epochs can "
-    "fail with optuna UpdateFinishedTrialError ('Trial#1 has already finished') in "
-    "OptunaSearch.on_trial_result"))
 @pytest.mark.timeout(1200)
 def test_killed_driver_resumes_without_loss_or_duplicates(killed_and_resumed):
     from tracking.runs import SweepTracker

@@ -30,10 +30,6 @@ SPACE = textwrap.dedent(f"""\
     """)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known gap (tracking/sweeps): a trial that ends while the server is down leaves its records in "
-    "trials/<id>/mlflow_spool.jsonl; only a later logger on the same spool path replays them, so "
-    "epochs logged during the outage never reach MLflow"))
 @pytest.mark.timeout(900)
 def test_mlflow_outage_during_trials_loses_no_metric(tmp_path, mlflow_server_factory):
     from tracking.runs import SweepTracker
