@@ -19,11 +19,12 @@ install: $(STAMP)
 # The main job: the default sweep on embedded defaults (local Ray, synthetic ETH3D-format
 # scenes, tiny pretrained base, local MLflow server on 127.0.0.1).
 sweep: $(STAMP)
-	$(PY) sweeps/run.py --space sweeps/strategies.yaml $(ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) sweeps/run.py --space sweeps/strategies.yaml $(ARGS)
 
 # The tests. pytest's exit code 5 (no tests collected) counts as a failure.
 test: $(STAMP)
-	RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300 $(PY) -m pytest -q $(ARGS); rc=$$?; \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=300 \
+	  $(PY) -m pytest -q $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
 clean:

@@ -40,8 +40,10 @@ SPACE = textwrap.dedent("""\
 def test_job_submit_with_token_auth(sweep_mlflow, sweep_env):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     home = Path(tempfile.mkdtemp(prefix="/tmp/rayc-"))  # short: Ray's socket paths have a length limit
+    # The cluster's `python` must be the one with the project's dependencies, as on a real cluster.
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
-           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+           "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN", None)
     token = subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, capture_output=True,
