@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -56,10 +57,18 @@ class MetricLogger:
             starts as soon as 1000 metrics are pending). Short, so a flush has little left to send.
         http_timeout: seconds one request may take before the server counts as down.
         probe_interval: seconds between `/health` probes while the server is down.
+        gil_switch_interval: if set, lower the interpreter's GIL switch interval to this many
+            seconds (process-wide; never raised). With the default 5 ms, the training thread
+            waits up to 5 ms behind the sender thread after every GPU/BLAS call that released the
+            GIL (a convoy); at 0.5 ms the training loop runs as fast as with no logging at all
+            (`benchmarks/bench_logging_overhead.py`). None leaves it alone.
     """
 
     def __init__(self, tracking_uri: str, run_id: str, spool_path, best: dict[str, str] | None = None, *,
-                 send_interval: float = 0.25, http_timeout: float = 5.0, probe_interval: float = 2.0):
+                 send_interval: float = 0.25, http_timeout: float = 5.0, probe_interval: float = 2.0,
+                 gil_switch_interval: float | None = 0.0005):
+        if gil_switch_interval is not None and sys.getswitchinterval() > gil_switch_interval:
+            sys.setswitchinterval(gil_switch_interval)
         self.url = validate_tracking_uri(tracking_uri)
         self.run_id = run_id
         self.spool_path = Path(spool_path)
