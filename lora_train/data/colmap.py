@@ -86,13 +86,18 @@ def _numbers(path, lineno, tokens, kind=float):
         raise UserError(f"{path}:{lineno}: expected numbers, got {' '.join(tokens)[:80]!r}") from None
 
 
+def _data_lines(path: Path):
+    """(line number, tokens) of every non-blank, non-comment line of a COLMAP text file."""
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        tokens = line.split()
+        if tokens and not tokens[0].startswith("#"):
+            yield lineno, tokens
+
+
 def read_cameras(path) -> dict[int, Camera]:
     """cameras.txt → {camera_id: Camera}; unknown models or bad lines raise `UserError`."""
     cameras = {}
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
-            continue
+    for lineno, tokens in _data_lines(path):
         if len(tokens) < 4:
             raise UserError(f"{path}:{lineno}: camera line needs CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]")
         model = tokens[1]
@@ -157,10 +162,7 @@ def read_images(path) -> dict[int, Image]:
 def read_points3d(path) -> dict[int, Point3D]:
     """points3D.txt → {point3d_id: Point3D}."""
     points = {}
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
-            continue
+    for lineno, tokens in _data_lines(path):
         if len(tokens) < 8 or (len(tokens) - 8) % 2:
             raise UserError(f"{path}:{lineno}: point line needs ID X Y Z R G B ERROR (IMAGE_ID, POINT2D_IDX)*")
         values = _numbers(path, lineno, tokens)
