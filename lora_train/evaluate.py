@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lora_train.base_eval_cache import BaseEvalCache
 from lora_train.errors import ArgumentParser, UserError, cli_main
 from lora_train.losses import normalize_gt
-from lora_train.metrics import ALIGN_MODES, DEPTH_METRIC_KEYS, align_depth, depth_metrics, pose_metrics
+from lora_train.metrics import ALIGN_MODES, DEPTH_METRIC_KEYS, depth_metrics, pose_metrics
 from lora_train.model import pose_encoding_to_extri_intri
+from lora_train.visualize import save_visualization
 
 HEADLINE_KEYS = DEPTH_METRIC_KEYS + ("rra30", "rta30", "auc30", "loss")
 
@@ -101,66 +103,6 @@ def evaluate_model(
     return out
 
 
-# --- visualisation -------------------------------------------------------------------------------
-
-
-def save_visualization(path: Path, window: dict, predictions: dict[str, np.ndarray], align: str = "median") -> None:
-    """One PNG per window: a row per view with input | each prediction | GT | error map.
-
-    Args:
-        path: PNG file to write.
-        window: the window dict (`images [S,3,H,W]`, `depths [S,H,W]`, `point_masks [S,H,W]`).
-        predictions: label → predicted depth `[S,H,W]`; shown after alignment to the GT, the error
-            map (|pred − gt| / gt on valid pixels) is of the last one.
-        align: alignment used before display.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = window["images"].permute(0, 2, 3, 1).numpy()
-    gt = window["depths"].numpy().astype(np.float64)
-    valid = window["point_masks"].numpy().astype(bool) & np.isfinite(gt) & (gt > 0)
-    aligned = {  # every pixel shown; the alignment itself is fitted on the valid ones
-        label: align_depth(np.nan_to_num(depth.astype(np.float64), nan=0.0, posinf=0.0), gt, valid, align)
-        for label, depth in predictions.items()
-    }
-    low, high = np.percentile(gt[valid], [2, 98]) if valid.any() else (0.0, 1.0)
-    last = list(aligned.values())[-1]
-    error = np.where(valid, np.abs(last - gt) / np.maximum(gt, 1e-6), np.nan)
-
-    columns = ["input", *aligned, "GT", f"abs rel error ({list(aligned)[-1]})"]
-    num_views = images.shape[0]
-    fig, axes = plt.subplots(num_views, len(columns), figsize=(2.6 * len(columns), 2.0 * num_views), squeeze=False)
-    depth_cmap = matplotlib.colormaps["turbo"].with_extremes(bad="black")
-    for view in range(num_views):
-        panels = [("rgb", images[view])]
-        panels += [("depth", depth[view]) for depth in aligned.values()]
-        panels += [("depth", np.where(valid[view], gt[view], np.nan)), ("error", error[view])]
-        for col, (kind, panel) in enumerate(panels):
-            ax = axes[view, col]
-            if kind == "rgb":
-                ax.imshow(np.clip(panel, 0, 1))
-            elif kind == "depth":
-                shown = ax.imshow(panel, cmap=depth_cmap, vmin=low, vmax=high)
-            else:
-                shown = ax.imshow(panel, cmap=matplotlib.colormaps["inferno"].with_extremes(bad="black"), vmin=0, vmax=0.5)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if view == 0:
-                ax.set_title(columns[col], fontsize=8)
-            if view == 0 and col >= len(panels) - 2:  # colour bars of GT depth and of the error
-                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-    fig.suptitle(f"{window.get('scene', '')}  (depth in metres, pred aligned: {align})", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 # --- reports -------------------------------------------------------------------------------------
 
 
@@ -231,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", choices=("val", "train"))
     parser.add_argument("--max-windows", type=int, default=None, help="default: data.max_val_windows (all)")
     parser.add_argument("--num-vis", type=int, default=None, help="windows to visualise (default: eval.num_visualizations)")
+    parser.add_argument("--base-cache", default=None,
+                        help="folder that keeps the base's results between calls with the same settings (sweeps)")
     args, extra = parser.parse_known_args(argv)
     config = _load_config(args, parse_overrides(extra))
     if args.compare_base and args.adapter is None:
@@ -258,26 +202,44 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"adapter": contextlib.nullcontext} if args.adapter else {"base": contextlib.nullcontext}
     if args.compare_base:
         variants = {"base": model.disable_adapter, "adapter": contextlib.nullcontext}
+    max_windows = args.max_windows or config.data.max_val_windows
+    cache, cached = None, None
+    if args.base_cache and "base" in variants and checkpoint is not None:
+        cache = BaseEvalCache(args.base_cache, BaseEvalCache.settings(
+            config, checkpoint, device_type=device.type, split=args.split, align=align,
+            max_windows=max_windows, num_vis=num_vis))
+        cached = cache.load()
     results, shown = {}, {}
+    if cached is not None:  # the base's columns come first in every visualisation
+        results["base"] = cached[0]
+        shown = {index: (None, {"base": depth}) for index, depth in cached[1].items()}
     for label, context in variants.items():
+        if label in results:
+            continue
 
         def keep(index, window, predictions, label=label):
             if index < num_vis:
-                shown.setdefault(index, (window, {}))[1][label] = predictions["depth"][0, ..., 0].cpu().numpy()
+                entry = shown.setdefault(index, (window, {}))
+                shown[index] = (entry[0] if entry[0] is not None else window, entry[1])
+                entry[1][label] = predictions["depth"][0, ..., 0].cpu().numpy()
 
         with context():
             results[label] = evaluate_model(
                 model, dataset, align, loss_fn=loss_fn, device=device, amp_dtype=amp,
-                max_windows=args.max_windows or config.data.max_val_windows, on_window=keep,
+                max_windows=max_windows, on_window=keep,
             )
+        if label == "base" and cache is not None:
+            cache.save(results["base"], {index: depths["base"] for index, (_, depths) in shown.items()})
     for index, (window, predictions) in sorted(shown.items()):
-        save_visualization(out_dir / "visualizations" / f"window_{index:03d}.png", window, predictions, align)
+        if window is not None:
+            save_visualization(out_dir / "visualizations" / f"window_{index:03d}.png", window, predictions, align)
     info = {
         "align": align,
         "split": args.split,
         "adapter": str(args.adapter) if args.adapter else None,
         "base_checkpoint": str(checkpoint) if checkpoint else None,
         "num_windows": results[next(iter(results))]["num_windows"],
+        "base_from_cache": cached is not None,
     }
     write_report(out_dir, results, info)
     print(format_metrics_table(results), end="")

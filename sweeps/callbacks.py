@@ -8,7 +8,7 @@ import time
 
 from ray.tune import Callback
 
-from sweeps.trial import TrialSetup, overrides_for, trial_run_name
+from sweeps.trial import TrialSetup, mark_stopped, overrides_for, trial_run_name
 
 
 def _last_iteration(trial) -> int:
@@ -68,6 +68,7 @@ class MlflowTrialCallback(Callback):
             status, reason = "completed", f"{epochs} epochs"
         else:
             status, reason = "early_stopped", f"ASHA stopped it after {epochs} epoch(s)"
+        mark_stopped(self.trial_setup, trial.trial_id)
         self._close(trial, status, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -77,6 +77,9 @@ def apply_cli(space: SweepSpace, args) -> SweepSpace:
             raise UserError(f"--name: use letters, digits, '_', '.', '-', got {args.name!r}")
         changes["name"] = args.name
     space = replace(space, **changes)
+    if space.launcher == "in_trial" and space.workers_per_trial != 1:
+        raise UserError(f"--workers-per-trial: resources.launcher in_trial runs one process, got "
+                        f"{space.workers_per_trial} workers (use launcher auto or ray_train)")
     if space.grace_period > space.max_epochs:
         raise UserError(f"--max-epochs: {space.max_epochs} is below asha.grace_period ({space.grace_period})")
     return space
@@ -215,10 +218,11 @@ def build_tuner(space, setup, sweep_dir: Path, storage_path: str, tracker, resum
     from sweeps.callbacks import MlflowTrialCallback, ProgressCallback
     from sweeps.trial import train_driver
 
-    # The trial itself only drives a Train run: no CPU (its workers hold the CPUs/GPUs), a token of
-    # memory because Ray needs a non-empty resource request.
-    trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup),
-                                    {"CPU": 0, "memory": 2**20})
+    if space.runs_in_trial():  # the trial trains itself: it holds the trial's CPUs/GPUs
+        resources = {"CPU": space.cpus_per_trial, "GPU": space.gpus_per_trial}
+    else:  # it only drives a Train run whose workers hold them; Ray needs a non-empty request
+        resources = {"CPU": 0, "memory": 2**20}
+    trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup), resources)
     callbacks = [MlflowTrialCallback(setup, tracker), ProgressCallback(space.metric, space.mode, space.max_epochs)]
     run_config = tune.RunConfig(
         name=space.name, storage_path=storage_path, verbose=0, callbacks=callbacks,
@@ -295,6 +299,7 @@ def run_sweep(args, train_fn=None) -> dict:
         if not (args.address or os.environ.get("RAY_ADDRESS")):
             ray.shutdown()
     summary["wall_s"] = time.time() - started
+    summary["tracking_uri"] = tracking_uri
     print(f"sweep {space.name} finished in {summary['wall_s']:.0f} s", flush=True)
     return summary
 

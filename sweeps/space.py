@@ -38,11 +38,12 @@ _TOP_KEYS = {
 }
 _SECTION_DEFAULTS = {
     "budget": {"num_samples": 8, "max_epochs": 4, "max_concurrent": 0},
-    "resources": {"gpus_per_trial": 0, "cpus_per_trial": 1, "workers_per_trial": 1},
+    "resources": {"gpus_per_trial": 0, "cpus_per_trial": 1, "workers_per_trial": 1, "launcher": "auto"},
     "asha": {"grace_period": 1, "reduction_factor": 2, "brackets": 1},
     "sampler": {"type": "tpe", "multivariate": True, "group": True, "seed": 0, "n_startup_trials": 4},
     "failure": {"max_failures": 1},
 }
+LAUNCHERS = ("auto", "ray_train", "in_trial")  # how a trial runs lora_train (see SweepSpace.runs_in_trial)
 _SPEC_KEYS = {
     "int": {"type", "low", "high", "log", "step"},
     "float": {"type", "low", "high", "log", "step"},
@@ -138,6 +139,15 @@ class SweepSpace:
     params: tuple[Param, ...]
     strategies: tuple[Strategy, ...]
     points_to_evaluate: list[dict] = field(default_factory=list)
+    launcher: str = "auto"
+
+    def runs_in_trial(self) -> bool:
+        """True when the trial process trains itself instead of starting a Ray Train run.
+
+        `auto` does so for one-worker trials: a `TorchTrainer` of one worker only adds a controller
+        and a worker process (15-20 s of start-up per trial on a small machine) and no parallelism.
+        """
+        return self.launcher == "in_trial" or (self.launcher == "auto" and self.workers_per_trial == 1)
 
     def define_by_run(self) -> "DefineByRun":
         return DefineByRun(self.params, self.strategies)
@@ -495,6 +505,11 @@ def load_space(path: str | Path, *, validate_config: bool = True) -> SweepSpace:
     _number(doc, ("resources", "gpus_per_trial"), resources["gpus_per_trial"], minimum=0)
     _number(doc, ("resources", "cpus_per_trial"), resources["cpus_per_trial"], minimum=0, exclusive=True)
     _number(doc, ("resources", "workers_per_trial"), resources["workers_per_trial"], integer=True, minimum=1)
+    if resources["launcher"] not in LAUNCHERS:
+        doc.fail(("resources", "launcher"), f"expected one of {', '.join(LAUNCHERS)}, got {resources['launcher']!r}")
+    if resources["launcher"] == "in_trial" and resources["workers_per_trial"] != 1:
+        doc.fail(("resources", "launcher"), "in_trial runs one process: it needs workers_per_trial: 1 "
+                 "(use auto or ray_train for DDP)")
     asha = _section(doc, "asha", raw)
     _number(doc, ("asha", "grace_period"), asha["grace_period"], integer=True, minimum=1)
     _number(doc, ("asha", "reduction_factor"), asha["reduction_factor"], minimum=1, exclusive=True)
@@ -547,7 +562,7 @@ def load_space(path: str | Path, *, validate_config: bool = True) -> SweepSpace:
         grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"],
         brackets=asha["brackets"], sampler=sampler, max_failures=failure["max_failures"],
         base_config_path=base_path, base_overrides=dict(overrides), params=tuple(params),
-        strategies=tuple(strategies), points_to_evaluate=points,
+        strategies=tuple(strategies), points_to_evaluate=points, launcher=resources["launcher"],
     )
     if validate_config:
         _validate_against_config(doc, space)

@@ -1,21 +1,34 @@
-"""One sweep trial: a Ray Tune function trainable that runs a Ray Train `TorchTrainer`.
+"""One sweep trial: a Ray Tune function trainable that trains one configuration.
 
-    Tune trial (driver, ~0 CPU)                       Ray Train workers (DDP, gloo on CPU)
-    train_driver(config) ── TorchTrainer.fit() ──►    train_worker(loop_config) on every rank
-         ▲                                                 └─ lora_train.run_training(reporter)
-         │  epoch results (metrics, checkpoint dir)             rank 0: TrialReporter.on_epoch
-         └──────── ReportChannel (JSON files) ◄───────────────── ─ MetricLogger (MLflow)
-    tune.report(metrics, checkpoint) per epoch → ASHA decides → the trial is stopped or goes on.
+Two launchers (`resources.launcher`; `auto` picks by `workers_per_trial`):
 
-Why a report channel and not `ray.train.report` + `TuneReportCallback`: `ray.train.report` is a barrier that
-every worker must call the same number of times, but `lora_train` calls `Reporter.on_epoch` on rank 0
-only (see docs/interfaces.md). Rank 0 therefore hands each epoch's result to the trial driver, which
-reports it to Tune with the epoch's adapter checkpoint; Tune persists that checkpoint, and a retried
-trial resumes the training from it (`resume_from`).
+    in_trial (1 worker, the default for it)       the Tune trial process itself
+    train_driver(config) ── train_worker(rank 0) ── lora_train.run_training(TrialReporter)
+                                                      └─ TuneResults → tune.report per epoch
+
+    ray_train (DDP, workers_per_trial ≥ 2)         Ray Train workers (gloo on CPU, NCCL on GPU)
+    train_driver(config) ── TorchTrainer.fit() ──►  train_worker(loop_config) on every rank
+         ▲                                              └─ lora_train.run_training(reporter)
+         │  epoch results (metrics, checkpoint dir)          rank 0: TrialReporter.on_epoch
+         └──────── ReportChannel (JSON files) ◄──────────────── ─ MetricLogger (MLflow)
+
+Either way Tune gets `tune.report(metrics, checkpoint)` per epoch → ASHA decides → the trial is
+stopped or goes on. A one-worker TorchTrainer would add a controller and a worker process to every
+trial (15-20 s of start-up each on a small machine) for no parallelism; the trial's own process
+is reused from trial to trial (`reuse_actors`), so it imports torch and builds caches once.
+
+Why a report channel and not `ray.train.report` + `TuneReportCallback`: `ray.train.report` is a
+barrier that every worker must call the same number of times, but `lora_train` calls
+`Reporter.on_epoch` on rank 0 only (see docs/interfaces.md). Rank 0 therefore hands each epoch's
+result to the trial driver, which reports it to Tune with the epoch's adapter checkpoint.
+
+Tune persists each checkpoint, and a retried trial resumes the training from it (`resume_from`).
+Tune stops a trial by ending its thread only at its next report; the driver-side callback therefore
+also drops a stop marker (`mark_stopped`) that the training checks every step.
 
 The trial's MLflow child run is created idempotently (by the driver-side callback in
-`sweeps/tracking_callback.py` and, should that not have happened yet, here), so retries and
-restored sweeps log into the same run.
+`sweeps/callbacks.py` and, should that not have happened yet, here), so retries and restored
+sweeps log into the same run.
 """
 
 from __future__ import annotations
@@ -83,18 +96,42 @@ def trial_run_name(trial_id: str, overrides: dict) -> str:
 
 
 def train_driver(config: dict, setup: TrialSetup) -> None:
-    """The Tune function trainable: run a Train run for this trial, forward its epochs to Tune."""
-    import ray
-    import ray.train
+    """The Tune function trainable: train this trial and report its epochs to Tune.
+
+    One-worker trials train right here (`SweepSpace.runs_in_trial`); DDP trials run a Ray Train
+    `TorchTrainer` whose rank 0 hands its epochs to this function through a `ReportChannel`.
+    """
     from ray import tune
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     trial_id = tune.get_context().get_trial_id()
     overrides = overrides_for(config, setup, trial_id)
     run_id = open_trial_run(setup, trial_id, overrides)
+    space = setup.space
+    loop_config = {
+        "overrides": overrides, "base_config": _base_path(space),
+        "resume": tune.get_checkpoint(),  # set when Tune retries this trial or restores the sweep
+        "run_id": run_id, "tracking_uri": setup.tracking_uri, "train_fn": setup.train_fn,
+        "threads": max(1, int(space.cpus_per_trial / space.workers_per_trial)),
+        "metric": space.metric, "mode": space.mode, "env": setup.extra_env,
+        "base_cache": str(Path(setup.sweep_dir) / "base_eval"),  # the frozen base, evaluated once
+    }
+    if space.runs_in_trial():
+        results = TuneResults(space.metric, reports_dir(overrides))
+        results.stop_file.unlink(missing_ok=True)  # left by an earlier attempt of this trial
+        try:
+            train_worker(loop_config, rank=0, results=results)
+        except TrialStopped:  # Tune stopped this trial (ASHA) or hands the actor to the next one
+            pass
+        return
+    _drive_train_run(loop_config, setup, trial_id)
 
-    resume = tune.get_checkpoint()  # set when Tune retries this trial or restores the sweep
-    reports = ReportChannel(Path(overrides["train.output_dir"]) / "reports")
+
+def _drive_train_run(loop_config: dict, setup: TrialSetup, trial_id: str) -> None:
+    """Run the trial as a Ray Train run of `workers_per_trial` DDP workers; forward rank 0's epochs."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    reports = ReportChannel(reports_dir(loop_config["overrides"]))
     reports.skip_existing()  # left by an earlier attempt of this trial
     (reports.directory / ReportChannel.STOP).unlink(missing_ok=True)
     reports.beat()
@@ -105,12 +142,7 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
         per_worker["GPU"] = space.gpus_per_trial / workers
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={
-            "overrides": overrides, "base_config": _base_path(space), "reports": str(reports.directory),
-            "resume": resume, "run_id": run_id, "tracking_uri": setup.tracking_uri,
-            "train_fn": setup.train_fn, "threads": max(1, int(per_worker["CPU"])),
-            "metric": space.metric, "mode": space.mode, "env": setup.extra_env,
-        },
+        train_loop_config={**loop_config, "reports": str(reports.directory)},
         torch_config=TorchConfig(backend="nccl" if setup.use_gpu() else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=setup.use_gpu(), resources_per_worker=per_worker
@@ -143,23 +175,66 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
 
 def _forward_reports(reports: "ReportChannel", thread: threading.Thread, metric: str) -> None:
     """Report rank 0's epoch results to Tune as they arrive, until the Train run ends."""
-    from ray import tune
-
+    tune_side = TuneResults(metric, reports.directory)
     while True:
         alive = thread.is_alive()
         reports.beat()
+        if tune_side.driver_gone():
+            raise SystemExit(0)  # Tune's graceful end of a function trainable; the workers are told
         for item in reports.read_new():
-            if END_KEY in item:
-                if item[END_KEY] == "diverged":  # one last result so the driver side knows why
-                    tune.report({metric: float("nan"), "train_status": "diverged",
-                                 "stop_reason": item.get("reason", "")})
-                continue
-            checkpoint_dir = item.pop("checkpoint_dir", None)
-            checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            tune.report(item, checkpoint=checkpoint)
+            tune_side.put(item)
         if not alive:
             break
         time.sleep(0.2)
+
+
+def reports_dir(overrides: dict) -> Path:
+    """The trial's report folder: epoch results (Train runs) and the driver's stop marker."""
+    return Path(overrides["train.output_dir"]) / "reports"
+
+
+def mark_stopped(setup: TrialSetup, trial_id: str) -> None:
+    """Called on the sweep driver when Tune has ended a trial: its training stops at the next step.
+
+    Tune ends a stopped function trainable only when it reuses or kills its process, which may
+    be a while later; until then, nothing would stop the training from going on.
+    """
+    overrides = {"train.output_dir": str(Path(setup.sweep_dir) / "trials" / trial_id)}
+    directory = reports_dir(overrides)
+    if directory.is_dir():
+        (directory / ReportChannel.STOP).touch()
+
+
+class TuneResults:
+    """Epoch results straight to Tune, from the trial's own thread (rank 0 of an in-trial run, or
+    the driver of a Train run)."""
+
+    def __init__(self, metric: str, directory: Path):
+        self.metric = metric
+        self.stop_file = Path(directory) / ReportChannel.STOP
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def put(self, item: dict) -> None:
+        from ray import tune
+
+        item = dict(item)
+        if END_KEY in item:
+            if item[END_KEY] == "diverged":  # one last result so the driver side knows why
+                tune.report({self.metric: float("nan"), "train_status": "diverged",
+                             "stop_reason": item.get("reason", "")})
+            return
+        checkpoint_dir = item.pop("checkpoint_dir", None)
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(item, checkpoint=checkpoint)
+
+    def driver_gone(self) -> bool:
+        """Has Tune stopped this trial? Tune reports asynchronously, so a stopped function trainable
+        learns it from the driver's marker (`mark_stopped`) or its session's stop event (set when
+        Tune hands the process to the next trial, which it waits 2 s for before killing it)."""
+        from ray.train._internal.session import get_session  # the session Tune runs trainables in
+
+        stop_event = getattr(get_session(), "stop_event", None)
+        return (stop_event is not None and stop_event.is_set()) or self.stop_file.exists()
 
 
 class ReportChannel:
@@ -237,9 +312,12 @@ def _base_path(space: SweepSpace) -> str | None:
 # ------------------------------------------------------------------------------ Train workers
 
 
-def train_worker(loop_config: dict) -> None:
-    """Runs on every Ray Train worker: build the config, train, report epochs from rank 0."""
-    import ray.train
+def train_worker(loop_config: dict, rank: int | None = None, results=None) -> None:
+    """Build the config, train, report epochs from rank 0.
+
+    Runs on every Ray Train worker (`rank`/`results` from the Train context and the report
+    channel) or, for an in-trial run, in the trial itself (rank 0, results straight to Tune).
+    """
     import torch
 
     from lora_train.config import load_config
@@ -247,7 +325,11 @@ def train_worker(loop_config: dict) -> None:
     for key, value in (loop_config.get("env") or {}).items():
         os.environ[key] = str(value)
     torch.set_num_threads(loop_config["threads"])
-    rank = ray.train.get_context().get_world_rank()
+    if rank is None:
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        results = ReportChannel(Path(loop_config["reports"]))
     config = load_config(loop_config["base_config"], loop_config["overrides"])
 
     resume_from = None
@@ -259,17 +341,16 @@ def train_worker(loop_config: dict) -> None:
     reporter: Reporter = Reporter()
     if rank == 0:
         reporter = TrialReporter(
-            ReportChannel(Path(loop_config["reports"])), loop_config["tracking_uri"], loop_config["run_id"],
+            results, loop_config["tracking_uri"], loop_config["run_id"],
             spool_dir=Path(config.train.output_dir), metric=loop_config["metric"],
-            mode=loop_config["mode"], overrides=loop_config["overrides"],
+            mode=loop_config["mode"], overrides=loop_config["overrides"], final_epoch=config.train.epochs,
+            base_cache=loop_config.get("base_cache"),
         )
     train_fn = loop_config["train_fn"]
     if train_fn is None:
         from lora_train.train import run_training as train_fn
     try:
-        result = train_fn(config, reporter, resume_from=resume_from)
-        if rank == 0:
-            reporter.finish(result)
+        train_fn(config, reporter, resume_from=resume_from)
     finally:
         if rank == 0:
             reporter.close()
@@ -287,15 +368,23 @@ class TrialReporter(Reporter):
     MLflow gets every step's metrics, every epoch's validation metrics and adapter
     (`adapter/`), the resolved `config.yaml`, and `eval/metrics.json` + `eval/visualizations/*.png`
     of the best epoch. Tracking problems never fail the trial (the logger spools and replays).
+
+    `results` takes the epoch results: a `ReportChannel` (Ray Train worker → trial driver) or
+    `TuneResults` (in-trial run). After the last epoch (`final_epoch`) and before its result goes
+    out, the best adapter is compared with the frozen base: Tune ends a trial as soon as it
+    reports its last epoch, so nothing may come after that report.
     """
 
     def __init__(self, results, tracking_uri, run_id, spool_dir: Path, metric: str, mode: str,
-                 overrides: dict):
+                 overrides: dict, final_epoch: int | None = None, base_cache: str | None = None):
         self.results = results
         self.stopped = False
         self.run_id = run_id
         self.metric, self.mode = metric, mode
+        self.final_epoch = final_epoch
+        self.base_cache = base_cache
         self.best_value = None
+        self.best_epoch = None
         self.logged_params = False
         self.overrides = overrides
         self.output_dir = spool_dir
@@ -322,8 +411,14 @@ class TrialReporter(Reporter):
     def on_epoch(self, epoch: int, metrics: dict, checkpoint_dir: str | None) -> None:
         self._check_driver()
         metrics = _numeric(metrics)
+        value = metrics.get(self.metric)
+        improved = value is not None and value == value and checkpoint_dir is not None and self._is_better(value)
+        if improved:
+            self.best_value, self.best_epoch = value, epoch
         if self.logger:
-            self._log_epoch(epoch, metrics, checkpoint_dir)
+            self._log_epoch(epoch, metrics, checkpoint_dir, improved)
+        if epoch == self.final_epoch:
+            self.compare_with_base()
         # Tune needs the metric in every result; NaN makes ASHA stop a broken trial.
         report = {**metrics, "epoch": epoch}
         report.setdefault(self.metric, float("nan"))
@@ -331,7 +426,7 @@ class TrialReporter(Reporter):
             report["checkpoint_dir"] = checkpoint_dir
         self.results.put(report)
 
-    def _log_epoch(self, epoch, metrics, checkpoint_dir):
+    def _log_epoch(self, epoch, metrics, checkpoint_dir, improved: bool):
         step = int(metrics.get("step", epoch))
         self.logger.log_metrics({k: v for k, v in metrics.items() if k not in ("step",)}, step=step)
         if not self.logged_params and checkpoint_dir:
@@ -346,9 +441,7 @@ class TrialReporter(Reporter):
                     if (Path(checkpoint_dir) / name).is_file():
                         shutil.copy2(Path(checkpoint_dir) / name, Path(tmp) / name)
                 self.logger.log_artifacts(tmp, "adapter")
-        value = metrics.get(self.metric)
-        if value is not None and value == value and checkpoint_dir and self._is_better(value):
-            self.best_value = value
+        if improved:
             self._log_eval(epoch, metrics, checkpoint_dir)
         self.logger.flush()
 
@@ -379,15 +472,13 @@ class TrialReporter(Reporter):
             self.logger.flush()
         self.results.put({END_KEY: status, "reason": reason})
 
-    def finish(self, result) -> None:
-        """After a completed run: evaluate the best adapter against the frozen base (with PNGs).
+    def compare_with_base(self) -> None:
+        """After the last epoch: evaluate the best adapter against the frozen base (with PNGs).
 
         Writes `<output_dir>/eval/metrics.json` (base and adapter) + `visualizations/*.png` and
         logs them as the run's `eval/` artifacts, plus `eval/base_abs_rel`, `eval/adapter_abs_rel`.
         """
-        if getattr(result, "status", None) != "completed":
-            return
-        epoch = (getattr(result, "best_metrics", None) or {}).get("epoch")
+        epoch = self.best_epoch
         checkpoint = self.output_dir / "checkpoints" / f"epoch_{int(epoch):04d}" if epoch else None
         if checkpoint is None or not (checkpoint / "adapter_config.json").is_file():
             return
@@ -395,7 +486,8 @@ class TrialReporter(Reporter):
 
         eval_dir = self.output_dir / "eval"
         try:  # the trial's result stands even if this extra evaluation fails
-            evaluate(["--adapter", str(checkpoint), "--compare-base", "--out", str(eval_dir)])
+            evaluate(["--adapter", str(checkpoint), "--compare-base", "--out", str(eval_dir)]
+                     + (["--base-cache", self.base_cache] if self.base_cache else []))
             results = json.loads((eval_dir / "metrics.json").read_text()).get("results", {})
         except (Exception, SystemExit) as err:
             print(f"final evaluation of {checkpoint} failed: {err!r}", flush=True)

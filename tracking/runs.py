@@ -13,6 +13,7 @@ Runs are found by tags, never remembered only in memory: opening the same parent
 (a restarted driver, a retried trial) returns the same run.
 """
 
+import contextlib
 import logging
 import os
 import time
@@ -177,17 +178,14 @@ class SweepTracker:
         for name, path in artifacts.items():
             if not os.path.exists(path):
                 raise TrackingError(f"model artifact {name!r} not found at {path}")
-        previous_uri = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.tracking_uri)
         try:
-            with mlflow.start_run(run_id=run_id):
+            with tracking_uri_set_to(self.tracking_uri), mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=python_model, artifacts=artifacts,
                     pip_requirements=pip_requirements or default_requirements(), code_paths=code_paths,
                     registered_model_name=model_name,
                 )
         finally:
-            mlflow.set_tracking_uri(previous_uri)
             if run.info.status != "RUNNING":  # start_run reopened it: restore FINISHED/KILLED/FAILED
                 self.client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
         version = int(info.registered_model_version)
@@ -292,3 +290,28 @@ def _tag_filter(tags: dict) -> str:
 
 def _quote(value) -> str:
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+@contextlib.contextmanager
+def tracking_uri_set_to(uri: str):
+    """Point MLflow's fluent API (`mlflow.start_run`, `mlflow.pyfunc.*`) at `uri` for a block.
+
+    `mlflow.set_tracking_uri` also writes `MLFLOW_TRACKING_URI` into the environment, and
+    `mlflow.get_tracking_uri()` answers MLflow's default (`sqlite:///mlflow.db`) when nothing was
+    set, so "set, then set back what get returned" leaves that default in the environment of this
+    process and its children. Both the fluent URI and the variable are restored as they were.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    fluent_before = getattr(tracking_utils, "_tracking_uri", None)
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(fluent_before)
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before

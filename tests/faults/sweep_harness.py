@@ -66,12 +66,18 @@ def _descendants_by_session(session_id: int) -> list[psutil.Process]:
     return found
 
 
-def train_workers(driver: subprocess.Popen) -> list[psutil.Process]:
-    """Ray Train worker processes of this sweep (same session as the driver, started below it)."""
+TRAINING_PROCESS = {  # launcher → the title of the Ray process that runs lora_train
+    "ray_train": "RayTrainWorker",  # a Ray Train worker of the trial's TorchTrainer
+    "in_trial": "ImplicitFunc",  # the Tune trial's own process (a function trainable)
+}
+
+
+def train_workers(driver: subprocess.Popen, launcher: str = "ray_train") -> list[psutil.Process]:
+    """Processes that run training in this sweep (same session as the driver, started below it)."""
     workers = []
     for proc in _descendants_by_session(driver.pid):
         try:
-            if "RayTrainWorker" in " ".join(proc.cmdline()):
+            if TRAINING_PROCESS[launcher] in " ".join(proc.cmdline()):
                 workers.append(proc)
         except psutil.Error:
             continue

@@ -1,6 +1,7 @@
 """Faults inside trials, on a real local Ray and a real MLflow server.
 
-- Ray Train worker processes SIGKILLed mid-epoch (>= 3 times in one sweep): each trial is retried
+- The processes that train SIGKILLed mid-epoch (>= 3 times in one sweep), for both launchers: Ray
+  Train workers (`ray_train`) and the Tune trial's own process (`in_trial`). Each trial is retried
   from its last checkpoint (no epoch logged twice, no epoch lost) and the sweep completes.
 - NaN injected into one trial's loss (`train.inject_nan_at_step`): that trial ends `diverged`,
   every other trial completes with all its epochs.
@@ -32,7 +33,7 @@ STEPS_PER_EPOCH = 2  # optimizer steps the training stand-in takes per epoch
 SPACE = textwrap.dedent(f"""\
     name: faults-trials
     budget: {{num_samples: 4, max_epochs: {EPOCHS}}}
-    resources: {{cpus_per_trial: 1, workers_per_trial: 1}}
+    resources: {{cpus_per_trial: 1, workers_per_trial: 1, launcher: LAUNCHER}}
     asha: {{grace_period: {EPOCHS}, reduction_factor: 2}}
     sampler: {{seed: 0, n_startup_trials: 4}}
     failure: {{max_failures: {KILLS}}}
@@ -50,12 +51,13 @@ SPACE = textwrap.dedent(f"""\
 
 
 @pytest.mark.timeout(900)
-def test_killed_train_workers_and_a_diverging_trial(tmp_path, mlflow_server_factory):
+@pytest.mark.parametrize("launcher", ["ray_train", "in_trial"])
+def test_killed_train_workers_and_a_diverging_trial(tmp_path, mlflow_server_factory, launcher):
     from tracking.runs import SweepTracker
 
     server = mlflow_server_factory()
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space.write_text(SPACE.replace("LAUNCHER", launcher))
     storage = tmp_path / "store"
     sweep_dir = storage / "faults-trials"
     log = tmp_path / "sweep.log"
@@ -67,7 +69,7 @@ def test_killed_train_workers_and_a_diverging_trial(tmp_path, mlflow_server_fact
         # half-way into the next one; a restarted worker must checkpoint again before the next kill.
         while len(killed) < KILLS:
             seen = set(checkpoints(sweep_dir))
-            workers = wait_for(lambda: [w for w in train_workers(driver) if w.pid not in killed],
+            workers = wait_for(lambda: [w for w in train_workers(driver, launcher) if w.pid not in killed],
                                600, driver, log, interval=0.2)
             wait_for(lambda: set(checkpoints(sweep_dir)) - seen, 600, driver, log, interval=0.2)
             time.sleep(1.0)  # mid-epoch (2 s epochs)
@@ -76,7 +78,7 @@ def test_killed_train_workers_and_a_diverging_trial(tmp_path, mlflow_server_fact
                 continue
             victim.kill()
             killed.append(victim.pid)
-            print(f"killed Ray Train worker {victim.pid} after {len(checkpoints(sweep_dir))} checkpoints")
+            print(f"killed {launcher} training process {victim.pid} after {len(checkpoints(sweep_dir))} checkpoints")
         driver.wait(timeout=900)
     finally:
         if driver.poll() is None:
@@ -116,6 +118,7 @@ def test_killed_train_workers_and_a_diverging_trial(tmp_path, mlflow_server_fact
     assert len(killed) >= KILLS
     assert retried >= 1, "no trial resumed from a checkpoint (iterations_since_restore)"
     for pid in killed:
-        record("faults", "Ray Train worker SIGKILL mid-epoch", True, f"pid {pid}; trial retried from checkpoint")
-    record_counts("metrics", "val/abs_rel per epoch, trials with killed workers",
+        record("faults", f"training process SIGKILL mid-epoch ({launcher})", True,
+               f"pid {pid}; trial retried from checkpoint")
+    record_counts("metrics", f"val/abs_rel per epoch, trials with killed workers ({launcher})",
                   len(healthy) * EPOCHS, survived * EPOCHS)

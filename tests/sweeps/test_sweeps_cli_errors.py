@@ -21,6 +21,8 @@ CASES = [
     (None, ["--data-root", "/nonexistent/eth3d"], "--data-root: not a directory"),
     (None, ["--checkpoint", "/nonexistent/model.pt"], "--checkpoint: file not found"),
     (None, ["--resume"], "--resume: no sweep named"),
+    (DEFAULT_SPACE.replace("launcher: auto", "launcher: in_trial"), ["--workers-per-trial", "2"],
+     "--workers-per-trial: resources.launcher in_trial runs one process"),
 ]
 
 

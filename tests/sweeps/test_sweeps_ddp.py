@@ -1,4 +1,6 @@
-"""A 2-worker DDP trial (CPU, gloo) matches a 1-worker trial with the same seed (real training)."""
+"""A 2-worker DDP trial (CPU, gloo) matches a 1-worker trial with the same seed (real training),
+and a 1-worker trial gives the same result whether it trains in the Tune trial's own process
+(`launcher: in_trial`, the default for one worker) or in a Ray Train worker (`ray_train`)."""
 
 import json
 import os
@@ -16,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPACE = textwrap.dedent("""\
     name: {name}
     budget: {{num_samples: 1, max_epochs: 1}}
-    resources: {{cpus_per_trial: {workers}, workers_per_trial: {workers}}}
+    resources: {{cpus_per_trial: {workers}, workers_per_trial: {workers}, launcher: {launcher}}}
     base_config:
       overrides:
         model.preset: tiny
@@ -39,10 +41,11 @@ SPACE = textwrap.dedent("""\
 @pytest.mark.slow
 def test_two_worker_trial_matches_one_worker(tmp_path, sweep_mlflow, sweep_env):
     results = {}
-    for workers, batch in ((1, 2), (2, 1)):  # same global batch: 1×2 windows vs 2×1
-        name = f"ddp-w{workers}"
+    runs = (("in_trial", 1, 2), ("ray_train", 1, 2), ("ray_train", 2, 1))  # same global batch: 1×2 vs 2×1
+    for launcher, workers, batch in runs:
+        name = f"ddp-{launcher.replace('_', '-')}-w{workers}"
         space = tmp_path / f"{name}.yaml"
-        space.write_text(SPACE.format(name=name, workers=workers, batch=batch))
+        space.write_text(SPACE.format(name=name, workers=workers, batch=batch, launcher=launcher))
         env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
         env.pop("RAY_ADDRESS", None)
         proc = subprocess.run(
@@ -54,8 +57,11 @@ def test_two_worker_trial_matches_one_worker(tmp_path, sweep_mlflow, sweep_env):
         tracker = SweepTracker(sweep_mlflow, name, create=False)
         (run,) = tracker.trial_runs()
         assert run.data.tags["trial.status"] == "completed"
-        results[workers] = run.data.metrics
-    one, two = results[1], results[2]
+        results[launcher, workers] = run.data.metrics
+    in_trial, one, two = results["in_trial", 1], results["ray_train", 1], results["ray_train", 2]
+    for key in ("train/loss", "val/abs_rel", "val/delta1"):  # one process either way: same numbers
+        print(f"{key}: in_trial {in_trial[key]:.6f}  ray_train {one[key]:.6f}")
+        assert abs(in_trial[key] - one[key]) <= 1e-5 * abs(one[key]), (key, in_trial[key], one[key])
     # Same windows per optimizer step, same init; not bit-equal because VGGT's loss is not a mean
     # of per-window terms (depth-gradient and confidence terms are normalised over the batch; the
     # 0.98 quantile filter too), so 1 process × 2 windows and 2 × 1 window differ slightly.

@@ -78,6 +78,12 @@ def test_sweep_layout_asha_failure_and_leaderboard(tmp_path, sweep_mlflow, sweep
     for run in runs:
         assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
         assert {"lora.strategy", "lora.rank", "optim.lr"} <= set(run.data.params)
+    for run in runs:  # a stopped trial stops training at once (the driver's stop marker), even
+        # when Tune does not reuse its process for another trial: at most the epoch under way ends
+        if run.data.tags["trial.status"] == "early_stopped":
+            epochs = len(tracker.metric_history(run.info.run_id, "val/abs_rel"))
+            steps = len(tracker.metric_history(run.info.run_id, "train/loss"))
+            assert epochs < 4 and steps <= 2 * (epochs + 1), (run.data.tags["ray.trial_id"], epochs, steps)
     done = [r for r in runs if r.data.tags["trial.status"] == "completed"]
     artifacts = {a.path for a in tracker.client.list_artifacts(done[0].info.run_id, "adapter")}
     assert artifacts == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}

@@ -48,6 +48,16 @@ def test_good_space_parses(tmp_path):
         {"lora/strategy": "C", "lora/rank": 8, "by_strategy/C/optim/lr": 5e-5}]
 
 
+@pytest.mark.parametrize("resources,in_trial", [
+    ("{}", True), ("{workers_per_trial: 2}", False), ("{launcher: ray_train}", False),
+    ("{launcher: in_trial, gpus_per_trial: 1}", True), ("{launcher: auto, workers_per_trial: 4}", False),
+])
+def test_launcher_trains_in_the_trial_only_with_one_worker(tmp_path, resources, in_trial):
+    space = load_space(write(tmp_path, GOOD.replace("name: t1", f"name: t1\nresources: {resources}")),
+                       validate_config=False)
+    assert space.runs_in_trial() is in_trial
+
+
 def test_define_by_run_is_conditional_and_maps_to_overrides(tmp_path):
     space = load_space(write(tmp_path, GOOD), validate_config=False)
     search = space.define_by_run()
@@ -108,6 +118,8 @@ BAD = [
     ("lora.use_dora: false", "lora.use_dora: [true, false]", 15, "a list is ambiguous"),
     ("optim.lr: {type: float, low: 3e-4, high: 3e-3, log: true}", "optim.lr: {type: float, low: 0, high: 3e-3, log: true}", 16, "log range needs low > 0"),
     ("name: t1", "name: t1\n  bad: [", 2, "invalid YAML"),
+    ("name: t1", "name: t1\nresources: {launcher: docker}", 2, "resources.launcher: expected one of auto, ray_train, in_trial"),
+    ("name: t1", "name: t1\nresources: {workers_per_trial: 2, launcher: in_trial}", 2, "in_trial runs one process"),
 ]
 
 

@@ -2,11 +2,14 @@
 
 import json
 import math
+from types import SimpleNamespace
+
+import pytest
 
 import torch
 from safetensors.torch import save_file
 
-from sweeps.trial import ReportChannel, adapter_param_count
+from sweeps.trial import ReportChannel, TrialReporter, TrialStopped, TuneResults, adapter_param_count, mark_stopped
 
 
 def test_report_channel_in_order_and_skips_an_earlier_attempt(tmp_path):
@@ -30,3 +33,18 @@ def test_adapter_param_count(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4}))
     assert adapter_param_count(str(tmp_path)) == 4 * 32 + 16 * 4
     assert adapter_param_count(str(tmp_path / "missing")) == 0
+
+
+def test_stop_marker_ends_training_at_the_next_step(tmp_path):
+    setup = SimpleNamespace(sweep_dir=str(tmp_path))
+    mark_stopped(setup, "t1")  # a trial that never wrote anything: nothing to mark
+    assert not (tmp_path / "trials").exists()
+    results = TuneResults("val/abs_rel", tmp_path / "trials" / "t1" / "reports")
+    reporter = TrialReporter(results, None, None, tmp_path / "trials" / "t1", "val/abs_rel", "min", {})
+    reporter.on_step(0, {"train/loss": 1.0})  # not stopped: goes on
+    assert not results.driver_gone()
+    mark_stopped(setup, "t1")
+    assert results.driver_gone() and ReportChannel(tmp_path / "trials" / "t1" / "reports").driver_gone()
+    with pytest.raises(TrialStopped):
+        reporter.on_step(1, {"train/loss": 0.9})
+    reporter.on_end("failed", "TrialStopped")  # what run_training calls next: silent, nothing reported

@@ -1,5 +1,7 @@
 """Model registry: the winning adapter as a pyfunc (base weights + adapter), alias `champion`."""
 
+import os
+
 import mlflow
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from mlflow import MlflowClient
 
 from tests.plugins.mlflow_fixtures import make_toy_adapter, toy_adapter_pyfunc
 from tracking.errors import TrackingError
-from tracking.runs import SweepTracker
+from tracking.runs import SweepTracker, tracking_uri_set_to
 
 
 def test_champion_alias_points_at_a_loadable_pyfunc(mlflow_server, tmp_path, unique_name):
@@ -18,20 +20,18 @@ def test_champion_alias_points_at_a_loadable_pyfunc(mlflow_server, tmp_path, uni
     tracker.close_trial(run_id, "early_stopped", "asha")
     peft_model, base_path, adapter_dir = make_toy_adapter(tmp_path, rank=4)
 
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     version = tracker.register_champion(run_id, unique_name, toy_adapter_pyfunc(),
                                         {"base": str(base_path), "adapter": str(adapter_dir)})
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # nothing leaks into the environment
     client = MlflowClient(mlflow_server)
     champion = client.get_model_version_by_alias(unique_name, "champion")
     assert int(champion.version) == version == 1
     assert champion.run_id == run_id
     assert client.get_run(run_id).info.status == "KILLED"  # logging the model kept the run's status
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server)
-    try:
+    with tracking_uri_set_to(mlflow_server):
         loaded = mlflow.pyfunc.load_model(f"models:/{unique_name}@champion")
-    finally:
-        mlflow.set_tracking_uri(previous)
     x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
     with torch.no_grad():
         expected = peft_model(torch.from_numpy(x)).numpy()

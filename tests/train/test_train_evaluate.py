@@ -48,3 +48,27 @@ def test_evaluate_cli_errors_exit_2(tmp_path, capsys):
         evaluate_main(["--config", "default", "--compare-base"])
     assert exit_info.value.code == 2
     assert "--compare-base needs --adapter" in capsys.readouterr().err
+
+
+def test_base_cache_reuses_the_base_results_and_pictures(trained_checkpoint, tmp_path, capsys):
+    cache = tmp_path / "base_eval"
+    runs = {}
+    for name, extra in (("first", []), ("second", []), ("other_align", ["--align", "lsq"])):
+        out = tmp_path / name
+        assert evaluate_main(["--adapter", trained_checkpoint, "--compare-base", "--out", str(out),
+                              "--num-vis", "2", "--base-cache", str(cache), *extra]) == 0
+        runs[name] = (json.loads((out / "metrics.json").read_text()), out)
+    first, second, other = (runs[n][0] for n in ("first", "second", "other_align"))
+    assert not first["base_from_cache"] and second["base_from_cache"] and not other["base_from_cache"]
+    assert second["results"] == first["results"]  # base from the cache, adapter recomputed: same numbers
+    for png in sorted((runs["first"][1] / "visualizations").glob("*.png")):  # base column included
+        assert (runs["second"][1] / "visualizations" / png.name).read_bytes() == png.read_bytes()
+    assert len(list(cache.glob("*.json"))) == 2  # one entry per setting (median, lsq)
+
+    for path in cache.glob("*.npz"):  # a damaged entry is a miss, never an error
+        path.write_bytes(b"not an npz")
+    out = tmp_path / "after_damage"
+    assert evaluate_main(["--adapter", trained_checkpoint, "--compare-base", "--out", str(out),
+                          "--num-vis", "2", "--base-cache", str(cache)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert not again["base_from_cache"] and again["results"] == first["results"]
