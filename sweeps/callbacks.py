@@ -8,7 +8,7 @@ import time
 
 from ray.tune import Callback
 
-from sweeps.trial import TrialSetup, mark_stopped, overrides_for, trial_run_name
+from sweeps.trial import TrialSetup, mark_stopped, overrides_for, record_run_id, trial_run_name
 
 
 def _last_iteration(trial) -> int:
@@ -52,12 +52,12 @@ class MlflowTrialCallback(Callback):
         self.closed.update(state.get("closed", {}))
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:
-            return
-        overrides = overrides_for(trial.config, self.trial_setup, trial.trial_id)
-        self.runs[trial.trial_id] = self.tracker.open_trial(
-            trial.trial_id, params=overrides, run_name=trial_run_name(trial.trial_id, overrides)
-        )
+        if trial.trial_id not in self.runs:
+            overrides = overrides_for(trial.config, self.trial_setup, trial.trial_id)
+            self.runs[trial.trial_id] = self.tracker.open_trial(
+                trial.trial_id, params=overrides, run_name=trial_run_name(trial.trial_id, overrides)
+            )
+        record_run_id(self.trial_setup, trial.trial_id, self.runs[trial.trial_id])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = _last_iteration(trial)

@@ -83,7 +83,7 @@ def overrides_for(config: dict, setup: TrialSetup, trial_id: str) -> dict:
     """Dotted training-config overrides of one trial (space + CLI + per-trial output dir)."""
     overrides = trial_overrides(config, setup.space)
     overrides.update(setup.cli_overrides)
-    overrides["train.output_dir"] = str(Path(setup.sweep_dir) / "trials" / trial_id)
+    overrides["train.output_dir"] = str(trial_dir(setup, trial_id))
     overrides["train.progress_bar"] = False
     return overrides
 
@@ -199,8 +199,7 @@ def mark_stopped(setup: TrialSetup, trial_id: str) -> None:
     Tune ends a stopped function trainable only when it reuses or kills its process, which may
     be a while later; until then, nothing would stop the training from going on.
     """
-    overrides = {"train.output_dir": str(Path(setup.sweep_dir) / "trials" / trial_id)}
-    directory = reports_dir(overrides)
+    directory = reports_dir({"train.output_dir": str(trial_dir(setup, trial_id))})
     if directory.is_dir():
         (directory / ReportChannel.STOP).touch()
 
@@ -295,10 +294,34 @@ class ReportChannel:
         return items
 
 
+RUN_ID_FILE = "mlflow_run_id"  # in the trial's output dir, written by the driver-side callback
+
+
+def trial_dir(setup: TrialSetup, trial_id: str) -> Path:
+    return Path(setup.sweep_dir) / "trials" / trial_id
+
+
+def record_run_id(setup: TrialSetup, trial_id: str, run_id: str) -> None:
+    """Driver side: leave the trial's run id where the trial finds it without asking MLflow."""
+    directory = trial_dir(setup, trial_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{RUN_ID_FILE}.tmp"
+    tmp.write_text(run_id)
+    tmp.replace(directory / RUN_ID_FILE)
+
+
 def open_trial_run(setup: TrialSetup, trial_id: str, overrides: dict) -> str | None:
-    """The trial's MLflow child run (idempotent: returns the existing one on retry/restore)."""
+    """The trial's MLflow child run (idempotent: returns the existing one on retry/restore).
+
+    Tune calls the driver-side callback that opens the run before the trial's function runs, so
+    the id is normally on disk (`record_run_id`); a trial process then never imports the MLflow
+    client (2 s of start-up), its logger speaks the REST API.
+    """
     if setup.parent_run_id is None:
         return None
+    recorded = trial_dir(setup, trial_id) / RUN_ID_FILE
+    if recorded.is_file():
+        return recorded.read_text().strip()
     from tracking.runs import SweepTracker
 
     tracker = SweepTracker(setup.tracking_uri, setup.experiment, parent_run_id=setup.parent_run_id)
