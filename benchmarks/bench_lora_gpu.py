@@ -9,10 +9,10 @@ Run on a CUDA machine: `python benchmarks/bench_lora_gpu.py [--views 8] [--steps
 """
 
 import argparse
-import time
 
 import torch
 
+from bench_model_gpu import timed  # this folder is on sys.path when run as a script
 from lora_train.losses import VGGTLoss, normalize_gt
 from lora_train.lora import LoraSettings, apply_lora
 from lora_train.model import VGGT, VGGTConfig
@@ -59,15 +59,7 @@ def measure(strategy: str, checkpointing: bool, batch: dict, steps: int) -> tupl
         loss_fn(predictions, target)["objective"].backward()
         optimizer.step()
 
-    step()  # warm-up (allocations, kernels)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    ms = (time.perf_counter() - start) / steps * 1000
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    ms, peak_gib = timed(step, warmup=1, iters=steps)  # the warm-up allocates and picks kernels
     count = sum(p.numel() for p in trainable)
     del model, optimizer
     torch.cuda.empty_cache()

@@ -209,19 +209,17 @@ def main(argv: list[str] | None = None) -> int:
             config, checkpoint, device_type=device.type, split=args.split, align=align,
             max_windows=max_windows, num_vis=num_vis))
         cached = cache.load()
-    results, shown = {}, {}
-    if cached is not None:  # the base's columns come first in every visualisation
-        results["base"] = cached[0]
-        shown = {index: (None, {"base": depth}) for index, depth in cached[1].items()}
+    results, shown, cached_depths = {}, {}, {}
+    if cached is not None:
+        results["base"], cached_depths = cached
     for label, context in variants.items():
         if label in results:
             continue
 
         def keep(index, window, predictions, label=label):
-            if index < num_vis:
-                entry = shown.setdefault(index, (window, {}))
-                shown[index] = (entry[0] if entry[0] is not None else window, entry[1])
-                entry[1][label] = predictions["depth"][0, ..., 0].cpu().numpy()
+            if index < num_vis:  # a cached base's depth comes first, as when it is evaluated
+                first = {"base": cached_depths[index]} if index in cached_depths else {}
+                shown.setdefault(index, (window, first))[1][label] = predictions["depth"][0, ..., 0].cpu().numpy()
 
         with context():
             results[label] = evaluate_model(
@@ -231,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if label == "base" and cache is not None:
             cache.save(results["base"], {index: depths["base"] for index, (_, depths) in shown.items()})
     for index, (window, predictions) in sorted(shown.items()):
-        if window is not None:
-            save_visualization(out_dir / "visualizations" / f"window_{index:03d}.png", window, predictions, align)
+        save_visualization(out_dir / "visualizations" / f"window_{index:03d}.png", window, predictions, align)
     info = {
         "align": align,
         "split": args.split,

@@ -116,7 +116,7 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
         "base_cache": str(Path(setup.sweep_dir) / "base_eval"),  # the frozen base, evaluated once
     }
     if space.runs_in_trial():
-        results = TuneResults(space.metric, reports_dir(overrides))
+        results = TuneResults(space.metric, reports_dir(overrides["train.output_dir"]))
         results.stop_file.unlink(missing_ok=True)  # left by an earlier attempt of this trial
         try:
             train_worker(loop_config, rank=0, results=results)
@@ -131,7 +131,7 @@ def _drive_train_run(loop_config: dict, setup: TrialSetup, trial_id: str) -> Non
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    reports = ReportChannel(reports_dir(loop_config["overrides"]))
+    reports = ReportChannel(reports_dir(loop_config["overrides"]["train.output_dir"]))
     reports.skip_existing()  # left by an earlier attempt of this trial
     (reports.directory / ReportChannel.STOP).unlink(missing_ok=True)
     reports.beat()
@@ -188,9 +188,9 @@ def _forward_reports(reports: "ReportChannel", thread: threading.Thread, metric:
         time.sleep(0.2)
 
 
-def reports_dir(overrides: dict) -> Path:
+def reports_dir(output_dir) -> Path:
     """The trial's report folder: epoch results (Train runs) and the driver's stop marker."""
-    return Path(overrides["train.output_dir"]) / "reports"
+    return Path(output_dir) / "reports"
 
 
 def mark_stopped(setup: TrialSetup, trial_id: str) -> None:
@@ -199,7 +199,7 @@ def mark_stopped(setup: TrialSetup, trial_id: str) -> None:
     Tune ends a stopped function trainable only when it reuses or kills its process, which may
     be a while later; until then, nothing would stop the training from going on.
     """
-    directory = reports_dir({"train.output_dir": str(trial_dir(setup, trial_id))})
+    directory = reports_dir(trial_dir(setup, trial_id))
     if directory.is_dir():
         (directory / ReportChannel.STOP).touch()
 
