@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from sweeps.run import parse_args, run_sweep  # noqa: E402
+from sweeps.driver import run_sweep  # noqa: E402
+from sweeps.run import parse_args  # noqa: E402
 
 
 def space_variant(src: Path, out: Path, *, asha: bool, max_epochs: int, name: str) -> Path:
@@ -27,6 +28,7 @@ def space_variant(src: Path, out: Path, *, asha: bool, max_epochs: int, name: st
     raw["sampler"]["group"] = False
     raw.setdefault("asha", {})
     raw["budget"]["max_epochs"] = max_epochs
+    raw["selection"] = {"top_k": 0}  # the search alone: no confirm phase after it
     if not asha:
         raw["asha"]["grace_period"] = max_epochs
     out.write_text(yaml.safe_dump(raw, sort_keys=False))

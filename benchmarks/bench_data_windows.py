@@ -1,4 +1,4 @@
-"""Windows/s of ETH3DWindows (S=8, width 518): content-keyed cache vs. naive full-resolution decode.
+"""Windows/s of ETH3DWindows (S=8, width 518) and the data stall of a training loop fed by it.
 
 The scene has ETH3D's real sizes: 6048x4032 distorted JPEGs and 93 MiB raw float32 depth maps.
 It is ray cast at 1/`--upscale` of that size by the synthetic generator and upsampled in place
@@ -11,10 +11,20 @@ Modes, measured in one run on the same files:
 - cold:   first pass of the cached loader (reduced-scale JPEG decode, full depth read, cache write).
 - cached: later passes (reads ~1.4 MB per view from the cache).
 
-    python benchmarks/bench_data_windows.py [--data-dir DIR] [--views 10] [--upscale 4]
+Then the training loop: the run's own loader (`lora_train.data.loading.WindowStream`, batch 1,
+the epoch order of `lora_train.train`) with no workers and with `data.num_workers: auto` as on a
+GPU host, each step a fixed sleep standing in for the GPU step (default 167 ms: VGGT-1B strategy
+A at 8 views x 518 on an H200, the fastest step in the README). Stall share = time spent waiting
+for the next batch / loop time, with worker start-up and the run's first batch included; "steady"
+leaves out that first wait (once per run: start-up and one window). Cold = one epoch on an empty
+view cache (the source files are in the OS page cache, as after a first read); cached =
+`--cached-epochs` epochs on the filled cache.
+
+    python benchmarks/bench_data_windows.py [--data-dir DIR] [--views 10] [--upscale 4] [--step-ms 167]
 """
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +34,11 @@ import numpy as np
 import torch
 
 from lora_train.data.colmap import Camera, read_cameras, write_cameras
+from lora_train.data.loading import WindowStream, resolve_num_workers
 from lora_train.data.synthetic import write_synthetic_dataset
 from lora_train.data.windows import ETH3DWindows
+from lora_train.runtime import DistInfo
+from lora_train.train import epoch_batches
 
 FULL_SIZE = (6048, 4032)
 SCENE = "facade_000"
@@ -73,6 +86,30 @@ def time_windows(dataset: ETH3DWindows, indices: list[int]) -> tuple[float, floa
     return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
 
 
+def loop_stall(dataset: ETH3DWindows, workers: int, step_s: float, epochs: int) -> tuple[float, float, float, float]:
+    """A training loop of `epochs` epochs whose steps sleep `step_s`, fed like `lora_train.train`.
+
+    Returns (stall share, stall share after the run's first batch, mean wait s per step, wall s).
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # pinned memory where real
+    n = len(dataset)
+    start = time.perf_counter()
+    stream = WindowStream(dataset, {e: epoch_batches(n, e, 0, 1, DistInfo(), n) for e in range(epochs)}, workers, device)
+    waits = []
+    asked = start  # worker start-up counts as waiting
+    for epoch in range(epochs):
+        for batch in stream.epoch(epoch):
+            waits.append(time.perf_counter() - asked)
+            assert batch["images"].shape[1] == dataset.num_views
+            del batch  # the step copies the batch to the GPU and drops the host copy
+            time.sleep(step_s)
+            asked = time.perf_counter()
+    wall = time.perf_counter() - start
+    del stream  # its workers end here
+    steady = sum(waits[1:]) / (wall - waits[0])
+    return sum(waits) / wall, steady, sum(waits) / len(waits), wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="where to put (or reuse) the full-resolution scene; default a temp dir")
@@ -80,6 +117,8 @@ def main() -> None:
     parser.add_argument("--upscale", type=int, default=4)
     parser.add_argument("--naive-windows", type=int, default=2, help="windows timed in naive mode (slow)")
     parser.add_argument("--cached-passes", type=int, default=3)
+    parser.add_argument("--step-ms", type=float, default=167.0, help="simulated GPU step per window")
+    parser.add_argument("--cached-epochs", type=int, default=3, help="epochs of the cached stall loop")
     args = parser.parse_args()
     torch.set_num_threads(1)  # like a DataLoader worker
 
@@ -99,6 +138,14 @@ def main() -> None:
         c0_wall, c0_cpu = time_windows(cached, every)
         c_wall, c_cpu = time_windows(cached, every * args.cached_passes)
 
+        auto = resolve_num_workers("auto", torch.device("cuda"))  # what a GPU run on this host gets
+        stalls = []
+        for workers in sorted({0, auto}):
+            cold = ETH3DWindows(root, cache_dir=Path(tmp) / f"cold-{workers}", **common)
+            stalls.append(("cold", workers, 1, *loop_stall(cold, workers, args.step_ms / 1000, 1)))
+            stalls.append(("cached", workers, args.cached_epochs,
+                           *loop_stall(cached, workers, args.step_ms / 1000, args.cached_epochs)))
+
     print()
     print(f"S=8 windows at width 518 (height {cached.height}); one process, torch threads 1")
     print(f"{'mode':<42}{'windows/s':>10}{'s/window':>10}{'cpu s/window':>14}")
@@ -109,6 +156,12 @@ def main() -> None:
         print(f"{name:<42}{1 / wall:>10.2f}{wall:>10.3f}{cpu:>14.3f}")
     print(f"cached / naive speed-up: {n_wall / c_wall:.1f}x wall-clock, {n_cpu / c_cpu:.1f}x CPU time")
     print(f"cached throughput: {1 / c_wall:.1f} windows/s wall-clock, {1 / c_cpu:.1f} windows/s per CPU core")
+    print()
+    print(f"training loop, {len(every)} windows per epoch, simulated GPU step {args.step_ms:.0f} ms, "
+          f"{len(os.sched_getaffinity(0))} CPUs (num_workers auto = {auto}); goal: stall <= 5 % cached")
+    print(f"{'cache':<8}{'workers':>8}{'epochs':>8}{'stall share':>13}{'steady':>9}{'wait/step s':>13}{'steps/s':>9}")
+    for cache, workers, epochs, share, steady, wait, wall in stalls:
+        print(f"{cache:<8}{workers:>8}{epochs:>8}{share:>12.1%}{steady:>8.1%}{wait:>13.3f}{epochs * len(every) / wall:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -12,21 +12,13 @@ import argparse
 import tempfile
 import time
 
-import torch
-
-from lora_train.config import load_config, vggt_config
+from lora_train.builders import build_datasets, build_model
+from lora_train.config import load_config
 from lora_train.evaluate import evaluate_model, format_metrics_table
 from lora_train.losses import VGGTLoss
-from lora_train.lora import load_adapter
-from lora_train.train import build_datasets, parse_overrides, run_training
-from lora_train.base_model import ensure_tiny_base, resolve_checkpoint
-from lora_train.model import VGGT, load_pretrained
-
-
-def base_model(config) -> torch.nn.Module:
-    model = VGGT(vggt_config(config.model))
-    load_pretrained(model, resolve_checkpoint(config.model.checkpoint))
-    return model
+from lora_train.runtime import parse_overrides
+from lora_train.tiny_base import ensure_tiny_base
+from lora_train.train import run_training
 
 
 def main() -> None:
@@ -44,12 +36,12 @@ def main() -> None:
     loss_fn = VGGTLoss(**vars(config.loss))
     align = config.eval.align
 
-    frozen = evaluate_model(base_model(config), val_set, align, loss_fn=loss_fn)
+    frozen = evaluate_model(build_model(config, base_only=True), val_set, align, loss_fn=loss_fn)
 
     start = time.time()
     result = run_training(config)
     train_seconds = time.time() - start
-    adapted = evaluate_model(load_adapter(base_model(config), result.last_checkpoint), val_set, align, loss_fn=loss_fn)
+    adapted = evaluate_model(build_model(config, result.last_checkpoint, trainable=False), val_set, align, loss_fn=loss_fn)
 
     print()
     print(f"config {args.config}: strategy {config.lora.strategy}, rank {config.lora.rank}, "

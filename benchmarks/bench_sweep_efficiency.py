@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from sweeps.run import parse_args, run_sweep  # noqa: E402
+from sweeps.driver import run_sweep  # noqa: E402
+from sweeps.run import parse_args  # noqa: E402
 from tracking.runs import SweepTracker  # noqa: E402
 
 
@@ -35,10 +36,11 @@ def measure(args, launcher: str, work: Path) -> dict:
     raw["budget"].update({"num_samples": args.num_samples, "max_epochs": args.epochs,
                           "max_concurrent": args.max_concurrent})
     raw["resources"]["launcher"] = launcher
+    raw["selection"] = {"top_k": 0}  # the search's trials alone: no confirm phase after it
     raw["asha"]["grace_period"] = args.epochs
     raw["base_config"]["overrides"].update({
         "train.steps_per_epoch": args.steps_per_epoch, "data.synthetic_scenes": args.scenes,
-        "data.max_val_windows": args.val_windows,
+        "eval.max_windows": args.val_windows,
     })
     space = work / f"space-{launcher}.yaml"
     space.write_text(yaml.safe_dump(raw, sort_keys=False))

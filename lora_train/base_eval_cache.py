@@ -13,11 +13,12 @@ JSON last, so a reader sees a whole entry or none.
 
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from vggt_common.files import atomic_write
 
 
 class BaseEvalCache:
@@ -53,11 +54,10 @@ class BaseEvalCache:
         return metrics, depths
 
     def save(self, metrics: dict, depths: dict[int, np.ndarray]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tag = f".{os.getpid()}.tmp"
-        tmp_depths = self.depths_path.with_name(self.depths_path.stem + tag + ".npz")
-        np.savez(tmp_depths, **{f"window_{index}": depth for index, depth in depths.items()})
-        tmp_depths.replace(self.depths_path)
-        tmp_metrics = self.metrics_path.with_name(self.metrics_path.name + tag)
-        tmp_metrics.write_text(json.dumps(metrics))
-        tmp_metrics.replace(self.metrics_path)
+        atomic_write(self.depths_path, lambda tmp: _save_npz(tmp, depths))
+        atomic_write(self.metrics_path, json.dumps(metrics))
+
+
+def _save_npz(path: Path, depths: dict[int, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **{f"window_{index}": depth for index, depth in depths.items()})

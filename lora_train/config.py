@@ -9,18 +9,128 @@ Unknown keys, wrong types and out-of-range values raise `UserError` naming the k
 """
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
 from lora_train.errors import UserError
-from lora_train.lora import PARAMETER_GROUPS, LoraSettings
+from vggt_common.files import atomic_write
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+STRATEGIES = ("A", "B", "C", "custom")  # lora.strategy; A/B/C are described in lora_train/lora.py
+BUILTIN_STRATEGIES = STRATEGIES[:3]
+LAYER_KINDS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+LORA_INITS = ("default", "gaussian")
+PARAMETER_GROUPS = ("aggregator", "camera_head", "depth_head", "point_head")
+PATCH_SIZE = 14
+# Keys whose values must be multiples of a number (the one rule that is not an interval, so a
+# searched range cannot be checked at its ends alone).
+MULTIPLE_OF = {"data.width": PATCH_SIZE, "eval.width": PATCH_SIZE}
+
+
+@dataclass
+class LoraSettings:
+    """What to adapt and how.
+
+    Attributes:
+        strategy: "A", "B", "C" or "custom" (see `lora_train.lora`).
+        rank: LoRA rank r.
+        alpha: LoRA alpha; None means 2·rank (32 at r = 16, as the public ETH3D fork used). The
+            update is scaled by alpha/r, or alpha/√r with `use_rslora`.
+        dropout: dropout on the LoRA input.
+        use_rslora: rank-stabilised scaling alpha/√r.
+        use_dora: weight-decomposed LoRA (DoRA); adds a trainable magnitude vector per layer.
+        modules_to_save: full module names trained in full and saved with the adapter (e.g.
+            `depth_head.resize_layers.0`, which LoRA cannot wrap).
+        target_regex: custom only: regex matched (`re.fullmatch`) against full module names;
+            matching Linear/Conv2d layers are adapted.
+        block_ranges: custom only: aggregator blocks to adapt. A string for both `frame_blocks`
+            and `global_blocks`, or a mapping from those names to a string. A string is "all",
+            "upper_half", "lower_half" or comma-separated indices and inclusive ranges
+            ("0-3,20-23"). With `layer_kinds` set and this None: all blocks.
+        layer_kinds: custom only: which block layers, a subset of qkv, proj, fc1, fc2; None with
+            `block_ranges` set means all four.
+        init: LoRA init, "default" (Kaiming A, zero B) or "gaussian" (Gaussian A, zero B). Both
+            leave the base weights untouched, so a saved adapter applies to the original checkpoint.
+    """
+
+    strategy: str = "B"
+    rank: int = 16
+    alpha: float | None = None
+    dropout: float = 0.0
+    use_rslora: bool = False
+    use_dora: bool = False
+    modules_to_save: tuple[str, ...] = ()
+    target_regex: str | None = None
+    block_ranges: str | Mapping[str, str] | None = None
+    layer_kinds: tuple[str, ...] | None = None
+    init: str = "default"
+
+    def __post_init__(self):
+        self.modules_to_save = tuple(self.modules_to_save or ())
+        if isinstance(self.layer_kinds, str):
+            self.layer_kinds = (self.layer_kinds,)
+        if self.layer_kinds is not None:
+            self.layer_kinds = tuple(self.layer_kinds)
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(key: str, why: str):
+            raise UserError(f"lora.{key} = {getattr(self, key)!r}: {why}")
+
+        if self.strategy not in STRATEGIES:
+            fail("strategy", f"must be one of {', '.join(STRATEGIES)}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            fail("rank", "must be a positive integer")
+        if self.alpha is not None and not self.alpha > 0:
+            fail("alpha", "must be > 0 (or null for 2 * rank)")
+        if not 0.0 <= self.dropout < 1.0:
+            fail("dropout", "must be in [0, 1)")
+        if self.init not in LORA_INITS:
+            fail("init", f"must be one of {', '.join(LORA_INITS)}")
+        if self.layer_kinds is not None:
+            unknown = [k for k in self.layer_kinds if k not in LAYER_KINDS]
+            if unknown or not self.layer_kinds:
+                fail("layer_kinds", f"must be a non-empty subset of {', '.join(LAYER_KINDS)}")
+        if self.target_regex is not None:
+            try:
+                re.compile(self.target_regex)
+            except re.error as err:
+                fail("target_regex", f"invalid regex ({err})")
+        custom_fields = [k for k in ("target_regex", "block_ranges", "layer_kinds") if getattr(self, k) is not None]
+        if self.strategy == "custom" and not custom_fields:
+            fail("strategy", "'custom' needs target_regex, block_ranges or layer_kinds")
+        if self.strategy != "custom" and custom_fields:
+            fail(custom_fields[0], f"only applies to strategy 'custom' (strategy is {self.strategy!r})")
+
+    @property
+    def lora_alpha(self) -> float:
+        """The effective alpha (2·rank when `alpha` is None)."""
+        return float(2 * self.rank if self.alpha is None else self.alpha)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "LoraSettings":
+        """Build from a plain dict (the `lora:` section of a YAML config); unknown keys → `UserError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise UserError(f"unknown lora config key '{key}' (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-friendly dict that `from_dict` turns back into these settings."""
+        out = dataclasses.asdict(self)
+        out["modules_to_save"] = list(self.modules_to_save)
+        out["layer_kinds"] = None if self.layer_kinds is None else list(self.layer_kinds)
+        if isinstance(self.block_ranges, Mapping):
+            out["block_ranges"] = dict(self.block_ranges)
+        return out
 
 
 @dataclass
@@ -31,7 +141,12 @@ class ModelConfig:
     # model.pt / .safetensors path, "tiny-base" (cached tiny pretrained base), or null (random init)
     checkpoint: Optional[str] = "tiny-base"
     gradient_checkpointing: bool = False
-    overrides: dict[str, Any] = field(default_factory=dict)  # VGGTConfig fields
+    # storage dtype of the frozen aggregator weights; auto = bf16 under bf16 autocast on a GPU, else fp32
+    base_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False  # regional torch.compile of the transformer blocks (lora_train/model/compile.py)
+    attention_backend: Literal["default", "cudnn", "flash", "efficient"] = "default"  # preferred SDPA kernel on CUDA
+    # VGGTConfig fields; upstream fine-tunes camera + depth, so the point head is off by default
+    overrides: dict[str, Any] = field(default_factory=lambda: {"enable_point": False})
 
 
 @dataclass
@@ -40,15 +155,13 @@ class DataConfig:
 
     root: Optional[str] = None
     scenes: Optional[list[str]] = None  # null = every scene under root
-    val_scenes: Optional[list[str]] = None  # null = the data module's stable hash-based scene split
     num_views: int = 3
     width: int = 126
     batch_size: int = 1  # per process
-    num_workers: int = 0
+    num_workers: int | Literal["auto"] = "auto"  # background loaders; auto: CPUs on CUDA, 0 on CPU
     color_jitter: bool = False
     cache_dir: Optional[str] = None  # decoded-window cache; null = data module default
     max_train_windows: Optional[int] = None
-    max_val_windows: Optional[int] = None
     synthetic_family: Literal["facade", "generic"] = "facade"
     synthetic_scenes: int = 6
     synthetic_seed: int = 0
@@ -64,6 +177,7 @@ class OptimConfig:
     warmup_ratio: float = 0.1  # share of all optimizer steps spent warming up linearly from 0
     final_lr_ratio: float = 0.01  # cosine ends at lr * final_lr_ratio
     grad_accum_steps: int = 1
+    fused: bool = True  # fused AdamW kernel on CUDA (CPU keeps PyTorch's default implementation)
     # max grad L2 norm per parameter group; groups match by substring of the parameter name
     clip_norms: dict[str, float] = field(
         default_factory=lambda: {"aggregator": 1.0, "depth_head": 1.0, "camera_head": 1.0}
@@ -98,18 +212,37 @@ class TrainLoopConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     save_checkpoints: bool = True
     keep_checkpoints: int = 0  # 0 = keep every epoch's checkpoint
+    overwrite: bool = False  # start afresh in an output_dir that holds another run's checkpoints
     progress_bar: bool = True
     # Test hook for the divergence guard: make the loss NaN at this global step (never set in real runs).
     inject_nan_at_step: Optional[int] = None
+    # Test hook for out-of-memory handling: act as a GPU of this many GiB, i.e. raise
+    # torch.cuda.OutOfMemoryError at the first step when lora_train.memory predicts a higher peak.
+    inject_oom_above_gib: Optional[float] = None
 
 
 @dataclass
 class EvalConfig:
-    """Validation after every epoch and the `lora_train.evaluate` CLI."""
+    """Validation after every epoch and the `lora_train.evaluate` CLI.
+
+    The validation protocol (`num_views`, `width`, `max_windows`, `seed`, `scenes`) fixes which
+    windows are scored, independently of how a run trains: two runs with the same protocol on the
+    same data are scored on the same windows, whatever their `data.*` or `train.seed`
+    (`validation_protocol` resolves the defaults).
+    """
 
     align: Literal["median", "none", "median_frame", "lsq"] = "median"
     every_epochs: int = 1
     num_visualizations: int = 4
+    num_views: Optional[int] = None  # views per validation window; null = data.num_views
+    width: Optional[int] = None  # pixels; null = data.width
+    max_windows: Optional[int] = None  # null = every validation window
+    seed: int = 0  # picks the windows when max_windows is below their number
+    scenes: Optional[list[str]] = None  # validation scenes; null = stable hash-based scene split
+    # Forgetting check (`lora_train.evaluate.build_retention_set`): a final evaluation also scores base
+    # and adapter on every scene of a set from the base's own domain, with the protocol above.
+    retention_root: Optional[str] = None  # an ETH3D-format root; null = none (or retention_synthetic)
+    retention_synthetic: Optional[Literal["facade", "generic"]] = None  # cached synthetic scenes of a family
 
 
 @dataclass
@@ -185,13 +318,13 @@ def validate(config: TrainConfig, source: str = "config") -> None:
 
     d, o, t = config.data, config.optim, config.train
     check(d.num_views >= 1, "data.num_views", f"must be >= 1, got {d.num_views}")
-    check(d.width >= 14 and d.width % 14 == 0, "data.width", f"must be a positive multiple of 14, got {d.width}")
+    check(d.width >= PATCH_SIZE and d.width % MULTIPLE_OF["data.width"] == 0, "data.width",
+          f"must be a positive multiple of {MULTIPLE_OF['data.width']}, got {d.width}")
     check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
-    check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    check(d.num_workers == "auto" or d.num_workers >= 0, "data.num_workers", f"must be >= 0 or auto, got {d.num_workers}")
     check(d.synthetic_scenes >= 2, "data.synthetic_scenes", f"must be >= 2 (train + val), got {d.synthetic_scenes}")
-    for key in ("max_train_windows", "max_val_windows"):
-        value = getattr(d, key)
-        check(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null, got {value}")
+    check(d.max_train_windows is None or d.max_train_windows >= 1, "data.max_train_windows",
+          f"must be >= 1 or null, got {d.max_train_windows}")
     check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", f"must be two values in [0, 1), got {o.betas}")
@@ -203,11 +336,23 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         check(norm > 0, f"optim.clip_norms.{name}", f"must be > 0, got {norm}")
     check(config.loss.camera_weight >= 0, "loss.camera_weight", "must be >= 0")
     check(config.loss.depth_weight >= 0, "loss.depth_weight", "must be >= 0")
+    check(
+        not (config.model.base_dtype == "bf16" and t.precision == "fp32"),
+        "model.base_dtype",
+        "bf16 needs bf16 autocast (train.precision bf16, or auto on a GPU), got train.precision fp32",
+    )
     check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     check(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1 or null")
     check(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0")
     check(config.eval.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
     check(config.eval.num_visualizations >= 0, "eval.num_visualizations", "must be >= 0")
+    e = config.eval
+    check(e.num_views is None or e.num_views >= 1, "eval.num_views", f"must be >= 1 or null, got {e.num_views}")
+    check(e.width is None or (e.width >= PATCH_SIZE and e.width % MULTIPLE_OF["eval.width"] == 0), "eval.width",
+          f"must be a positive multiple of {MULTIPLE_OF['eval.width']} or null, got {e.width}")
+    check(e.max_windows is None or e.max_windows >= 1, "eval.max_windows", f"must be >= 1 or null, got {e.max_windows}")
+    check(e.retention_root is None or e.retention_synthetic is None, "eval.retention_root",
+          "and eval.retention_synthetic name two retention sets; set one of them")
     try:
         vggt_config(config.model)
     except UserError as err:
@@ -222,6 +367,24 @@ def validate(config: TrainConfig, source: str = "config") -> None:
     )
 
 
+def validation_protocol(config: TrainConfig) -> dict[str, Any]:
+    """The resolved validation protocol: which windows every validation of this config scores.
+
+    Returns:
+        `{"num_views", "width", "max_windows", "seed", "scenes"}` with the `eval.*` defaults
+        filled in from `data.*`. Nothing else (not `train.seed`, not the other training settings)
+        decides the validation windows.
+    """
+    e, d = config.eval, config.data
+    return {
+        "num_views": e.num_views if e.num_views is not None else d.num_views,
+        "width": e.width if e.width is not None else d.width,
+        "max_windows": e.max_windows,
+        "seed": e.seed,
+        "scenes": e.scenes,
+    }
+
+
 def vggt_config(model: ModelConfig):
     """The `VGGTConfig` a `model:` section describes (preset + overrides + checkpointing switch)."""
     from lora_train.model import VGGTConfig
@@ -233,12 +396,7 @@ def vggt_config(model: ModelConfig):
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically); `load_config(path)` reads it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 # --- YAML reading -------------------------------------------------------------------------------
@@ -417,8 +575,14 @@ def _convert(tp, value: Any, key: str, source: str):
 
 
 def _describe(tp) -> str:
-    names = [getattr(a, "__name__", str(a)) for a in typing.get_args(tp)]
-    return " or ".join("null" if n == "NoneType" else n for n in names)
+    """`int | Literal["auto"] | None` → "int or 'auto' or null"."""
+    names = []
+    for arg in typing.get_args(tp):
+        if _origin(arg) is Literal:
+            names += [repr(choice) for choice in typing.get_args(arg)]
+        else:
+            names.append("null" if arg is type(None) else getattr(arg, "__name__", str(arg)))
+    return " or ".join(names)
 
 
 def _to_plain(value):

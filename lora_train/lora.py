@@ -23,128 +23,25 @@ then `apply_lora`. Wrapped layers keep their weights under `<name>.base_layer.*`
 plain checkpoint into an already wrapped model cannot work (the bug of the public ETH3D fork).
 """
 
-import dataclasses
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
+from lora_train.config import LAYER_KINDS, PARAMETER_GROUPS, LoraSettings
 from lora_train.errors import UserError
+from vggt_common.files import atomic_dir
 
-STRATEGIES = ("A", "B", "C", "custom")
 BLOCK_LISTS = ("frame_blocks", "global_blocks")
-LAYER_KINDS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
-INITS = {"default": True, "gaussian": "gaussian"}
+PEFT_INITS = {"default": True, "gaussian": "gaussian"}  # lora.init → PEFT's init_lora_weights
 WRAPPABLE_TYPES = (nn.Linear, nn.Conv2d)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PARAMETER_GROUPS = ("aggregator", "camera_head", "depth_head", "point_head")
 _PEFT_PREFIX = "base_model.model."
-
-
-@dataclass
-class LoraSettings:
-    """What to adapt and how.
-
-    Attributes:
-        strategy: "A", "B", "C" or "custom" (see the module docstring).
-        rank: LoRA rank r.
-        alpha: LoRA alpha; None means 2·rank (32 at r = 16, as the public ETH3D fork used). The
-            update is scaled by alpha/r, or alpha/√r with `use_rslora`.
-        dropout: dropout on the LoRA input.
-        use_rslora: rank-stabilised scaling alpha/√r.
-        use_dora: weight-decomposed LoRA (DoRA); adds a trainable magnitude vector per layer.
-        modules_to_save: full module names trained in full and saved with the adapter (e.g.
-            `depth_head.resize_layers.0`, which LoRA cannot wrap).
-        target_regex: custom only: regex matched (`re.fullmatch`) against full module names;
-            matching Linear/Conv2d layers are adapted.
-        block_ranges: custom only: aggregator blocks to adapt. A string for both `frame_blocks`
-            and `global_blocks`, or a mapping from those names to a string. A string is "all",
-            "upper_half", "lower_half" or comma-separated indices and inclusive ranges
-            ("0-3,20-23"). With `layer_kinds` set and this None: all blocks.
-        layer_kinds: custom only: which block layers, a subset of qkv, proj, fc1, fc2; None with
-            `block_ranges` set means all four.
-        init: LoRA init, "default" (Kaiming A, zero B) or "gaussian" (Gaussian A, zero B). Both
-            leave the base weights untouched, so a saved adapter applies to the original checkpoint.
-    """
-
-    strategy: str = "B"
-    rank: int = 16
-    alpha: float | None = None
-    dropout: float = 0.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    modules_to_save: tuple[str, ...] = ()
-    target_regex: str | None = None
-    block_ranges: str | Mapping[str, str] | None = None
-    layer_kinds: tuple[str, ...] | None = None
-    init: str = "default"
-
-    def __post_init__(self):
-        self.modules_to_save = tuple(self.modules_to_save or ())
-        if isinstance(self.layer_kinds, str):
-            self.layer_kinds = (self.layer_kinds,)
-        if self.layer_kinds is not None:
-            self.layer_kinds = tuple(self.layer_kinds)
-        self._validate()
-
-    def _validate(self) -> None:
-        def fail(key: str, why: str):
-            raise UserError(f"lora.{key} = {getattr(self, key)!r}: {why}")
-
-        if self.strategy not in STRATEGIES:
-            fail("strategy", f"must be one of {', '.join(STRATEGIES)}")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            fail("rank", "must be a positive integer")
-        if self.alpha is not None and not self.alpha > 0:
-            fail("alpha", "must be > 0 (or null for 2 * rank)")
-        if not 0.0 <= self.dropout < 1.0:
-            fail("dropout", "must be in [0, 1)")
-        if self.init not in INITS:
-            fail("init", f"must be one of {', '.join(INITS)}")
-        if self.layer_kinds is not None:
-            unknown = [k for k in self.layer_kinds if k not in LAYER_KINDS]
-            if unknown or not self.layer_kinds:
-                fail("layer_kinds", f"must be a non-empty subset of {', '.join(LAYER_KINDS)}")
-        if self.target_regex is not None:
-            try:
-                re.compile(self.target_regex)
-            except re.error as err:
-                fail("target_regex", f"invalid regex ({err})")
-        custom_fields = [k for k in ("target_regex", "block_ranges", "layer_kinds") if getattr(self, k) is not None]
-        if self.strategy == "custom" and not custom_fields:
-            fail("strategy", "'custom' needs target_regex, block_ranges or layer_kinds")
-        if self.strategy != "custom" and custom_fields:
-            fail(custom_fields[0], f"only applies to strategy 'custom' (strategy is {self.strategy!r})")
-
-    @property
-    def lora_alpha(self) -> float:
-        """The effective alpha (2·rank when `alpha` is None)."""
-        return float(2 * self.rank if self.alpha is None else self.alpha)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "LoraSettings":
-        """Build from a plain dict (the `lora:` section of a YAML config); unknown keys → `UserError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise UserError(f"unknown lora config key '{key}' (known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML/JSON-friendly dict that `from_dict` turns back into these settings."""
-        out = dataclasses.asdict(self)
-        out["modules_to_save"] = list(self.modules_to_save)
-        out["layer_kinds"] = None if self.layer_kinds is None else list(self.layer_kinds)
-        if isinstance(self.block_ranges, Mapping):
-            out["block_ranges"] = dict(self.block_ranges)
-        return out
 
 
 @dataclass
@@ -373,7 +270,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> PeftModel:
         modules_to_save=list(settings.modules_to_save) or None,
         use_rslora=settings.use_rslora,
         use_dora=settings.use_dora,
-        init_lora_weights=INITS[settings.init],
+        init_lora_weights=PEFT_INITS[settings.init],
         bias="none",
     )
     peft_model = get_peft_model(model, config)
@@ -399,8 +296,8 @@ def save_adapter(peft_model: nn.Module, out_dir: str | Path) -> Path:
     """Save the adapter as stock PEFT files (`adapter_config.json`, `adapter_model.safetensors`).
 
     `PeftModel.from_pretrained(base_vggt, out_dir)` (or `load_adapter`) loads them onto a VGGT
-    that holds the original pretrained weights. The directory is written under a temporary
-    name and renamed into place, replacing an older save; nothing is half-written.
+    that holds the original pretrained weights. The folder is written under a temporary name
+    and renamed into place, replacing an older save; nothing is half-written.
 
     Args:
         peft_model: the wrapped model (a DDP wrapper is unwrapped).
@@ -409,26 +306,18 @@ def save_adapter(peft_model: nn.Module, out_dir: str | Path) -> Path:
     Returns:
         `out_dir` as a Path.
     """
+    with atomic_dir(out_dir) as tmp:
+        write_adapter_files(peft_model, tmp)
+    return Path(out_dir)
+
+
+def write_adapter_files(peft_model: nn.Module, folder: Path) -> None:
+    """The adapter's PEFT files into an existing `folder` (see `save_adapter` for the atomic form)."""
     peft_model = _unwrap(peft_model)
     if not isinstance(peft_model, PeftModel):
         raise TypeError(f"save_adapter needs a PeftModel, got {type(peft_model).__name__}")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        peft_model.save_pretrained(str(tmp_dir))
-        (tmp_dir / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
-        old_dir = None
-        if out_dir.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(old_dir / out_dir.name)
-        tmp_dir.rename(out_dir)
-        if old_dir is not None:
-            shutil.rmtree(old_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
-    return out_dir
+    peft_model.save_pretrained(str(folder))
+    (Path(folder) / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False) -> PeftModel:

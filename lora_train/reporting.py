@@ -47,7 +47,8 @@ class ConsoleReporter(Reporter):
 
     def on_end(self, status, reason=""):
         self._write({"event": "end", "status": status, "reason": reason})
-        print(f"run {status}" + (f": {reason}" if reason else ""), flush=True)
+        if status != "failed":  # a failure is printed once, by whoever handles the exception
+            print(f"run {status}" + (f": {reason}" if reason else ""), flush=True)
 
 
 def _fmt(metrics: dict) -> str:

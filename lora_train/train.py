@@ -8,18 +8,27 @@ whose process group already exists); the CLI wraps it with a `ConsoleReporter`.
 
 Order of things (the order matters):
   seed → build VGGT → load pretrained weights → apply LoRA (so every wrapped layer holds the
-  pretrained weight) → DDP → AdamW on trainable params → warmup + cosine LambdaLR stepped every
-  optimizer step → per epoch: micro-batches with accumulation, bf16 autocast on GPU, per-group
-  gradient clipping, divergence guard → validation → adapter-only checkpoint (rank 0) → reporter.
+  pretrained weight) → frozen base in bf16 on GPU, compiled blocks if asked → DDP → AdamW on
+  trainable params (fused on GPU) → warmup + cosine LambdaLR stepped every optimizer step → per
+  epoch: micro-batches with accumulation, bf16 autocast on GPU, per-group gradient clipping,
+  divergence guard → validation → adapter-only checkpoint (rank 0) → reporter.
+
+No host syncs inside a step: loss terms and gradient norms stay on the device, their copy to the
+host is started after the optimizer step and read (with the divergence check and the report) once
+the next step has been queued, so the GPU never waits for the Python side. The first optimizer
+step (compilation, kernel autotuning, allocator warm-up) is reported on its own in the epoch
+metrics as `time/warmup_s`; `time/steady_step_s` averages the epoch's other steps. Each step
+reports `time/data_wait_s`, the time the loop waited for its batches; the epoch's
+`time/data_stall_share` is that wait over the step time of its steady steps (an upper bound of the
+GPU's idle share: the host runs a step ahead of the GPU). Next to the measured `cost/peak_mem_mb`,
+`cost/predicted_peak_gib` is `lora_train.memory`'s prediction for this run.
 """
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
-import random
-import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,20 +37,39 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lora_train.base_model import ensure_synthetic_scenes, resolve_checkpoint
-from lora_train.config import TrainConfig, load_config, save_config, vggt_config
-from lora_train.data import ETH3DWindows, collate_windows
+from lora_train.builders import build_datasets, build_model
+from lora_train.checkpointing import (
+    check_output_dir,
+    check_resumable,
+    epoch_checkpoint,
+    load_trainer_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from lora_train.config import TrainConfig, load_config, save_config
+from lora_train.data.loading import WindowStream
 from lora_train.errors import ArgumentParser, UserError, cli_main
-from lora_train.evaluate import evaluate_model
+from lora_train.evaluate import evaluate_model, write_validation_record
+from lora_train.lora import trainable_parameter_groups
 from lora_train.losses import VGGTLoss, normalize_gt
-from lora_train.lora import apply_lora, load_adapter, save_adapter, trainable_parameter_groups
-from lora_train.model import VGGT, load_pretrained
+from lora_train.memory import predict_peak_gib
 from lora_train.reporting import ConsoleReporter, Reporter
-
-TRAINER_STATE = "trainer_state.pt"
+from lora_train.runtime import (
+    DistInfo,
+    all_reduce_mean,
+    autocast_dtype,
+    cosine_with_warmup,
+    init_distributed,
+    parse_overrides,
+    resolve_device,
+    resource_usage,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    to_device,
+)
 
 
 @dataclasses.dataclass
@@ -63,113 +91,7 @@ class TrainResult:
     reason: str = ""
 
 
-# --- components ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    created_group: bool = False  # we initialised the process group, so we tear it down
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """Use an existing process group (Ray Train), or create one from torchrun's env, or none."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, created_group=False)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        if device_kind == "cuda":
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, created_group=True)
-    return DistInfo()
-
-
-def resolve_device(requested: str, info: DistInfo) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("train.device: cuda requested but no GPU is visible")
-        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU by default, plain fp32 on CPU."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def build_model(config: TrainConfig, adapter_dir: str | Path | None = None) -> torch.nn.Module:
-    """VGGT with its pretrained weights loaded BEFORE the LoRA adapters are injected.
-
-    With `adapter_dir` (a resume), the saved adapter is attached (trainable) instead of fresh ones.
-    """
-    model = VGGT(vggt_config(config.model))
-    checkpoint = resolve_checkpoint(config.model.checkpoint)
-    if checkpoint is not None:
-        load_pretrained(model, checkpoint)
-    if adapter_dir is not None:
-        return load_adapter(model, adapter_dir, is_trainable=True)
-    return apply_lora(model, config.lora)
-
-
-def build_datasets(config: TrainConfig):
-    """(train, val) window datasets; synthetic facade scenes when `data.root` is unset."""
-    d = config.data
-    root = d.root
-    if root is None:
-        root = ensure_synthetic_scenes(d.synthetic_family, d.synthetic_scenes, seed=d.synthetic_seed)
-    elif not Path(root).expanduser().is_dir():
-        raise UserError(f"data.root: not a directory: {root}")
-    common = dict(
-        scenes=d.scenes, val_scenes=d.val_scenes, num_views=d.num_views, width=d.width,
-        seed=config.train.seed, cache_dir=d.cache_dir,
-    )
-    train = ETH3DWindows(root, split="train", color_jitter=d.color_jitter, **common)
-    val = ETH3DWindows(root, split="val", color_jitter=False, **common)
-    return train, val
-
-
-def cosine_with_warmup(total_steps: int, warmup_steps: int, final_lr_ratio: float):
-    """LR multiplier per optimizer step: 0 → 1 linearly over `warmup_steps`, then cosine to `final_lr_ratio`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_lr_ratio + (1.0 - final_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+# --- loop helpers ----------------------------------------------------------------------------------
 
 
 def clip_groups(model: torch.nn.Module, clip_norms: dict[str, float]) -> list[tuple[str, float, list]]:
@@ -191,6 +113,51 @@ def clip_groups(model: torch.nn.Module, clip_norms: dict[str, float]) -> list[tu
     return out
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg_o, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `params`: the fused CUDA kernel when `optim.fused` and on a GPU, else PyTorch's default."""
+    fused = True if cfg_o.fused and device.type == "cuda" else None
+    return torch.optim.AdamW(
+        params, lr=cfg_o.lr, betas=tuple(cfg_o.betas), weight_decay=cfg_o.weight_decay, fused=fused
+    )
+
+
+def clip_gradients(groups: list[tuple[str, float, list]], device: torch.device) -> torch.Tensor:
+    """Clip every group to its max norm; returns the pre-clip norms `[len(groups)]`, on the device."""
+    if not groups:
+        return torch.zeros(0, device=device)
+    return torch.stack([torch.nn.utils.clip_grad_norm_(params, max_norm) for _, max_norm, params in groups])
+
+
+def forward_losses(module: torch.nn.Module, batch: dict, loss_fn: VGGTLoss, autocast) -> dict:
+    """One micro-batch forward pass (under `autocast`) and the loss terms, in fp32."""
+    with autocast:
+        predictions = module(batch["images"])
+    return loss_fn(_float32(predictions), batch)
+
+
+class HostCopy:
+    """A device tensor copied to the host without waiting; `read()` waits for that copy only.
+
+    Started right after a step's kernels are queued and read after the next step's are, so the
+    copy is long done and the GPU never idles on the Python side. On CPU it is the tensor itself.
+    """
+
+    def __init__(self, values: torch.Tensor):
+        self.ready = None
+        if values.device.type == "cuda":
+            self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.values.copy_(values, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.values = values
+
+    def read(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.values.tolist()
+
+
 def epoch_batches(num_windows: int, epoch: int, seed: int, batch_size: int, info: DistInfo, micro_batches: int):
     """This rank's window indices for one epoch: `micro_batches` lists of `batch_size` indices.
 
@@ -207,76 +174,16 @@ def epoch_batches(num_windows: int, epoch: int, seed: int, batch_size: int, info
     ]
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.world_size > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values = values / info.world_size
-    return values
-
-
-def resource_usage(device: torch.device, wall_s: float, cpu_s: float, info: DistInfo) -> dict:
-    """Cost so far: GPU seconds (wall × GPUs) or CPU seconds (summed over ranks), and peak memory."""
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        totals = torch.tensor([wall_s * info.world_size, peak_mb], dtype=torch.float64)
-        key = "cost/gpu_seconds"
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        totals = torch.tensor([cpu_s, peak_mb], dtype=torch.float64)
-        key = "cost/cpu_seconds"
-    if info.world_size > 1:
-        seconds = totals[:1].clone()
-        peak = totals[1:].clone()
-        if device.type != "cuda":
-            dist.all_reduce(seconds, op=dist.ReduceOp.SUM)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        totals = torch.cat([seconds, peak])
-    return {key: float(totals[0]), "cost/peak_mem_mb": float(totals[1])}
-
-
-def save_checkpoint(directory: Path, model, trainer_state: dict) -> Path:
-    """Adapter + trainer state, written to a temp dir and renamed (never half-written)."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, tmp)
-    torch.save(trainer_state, tmp / TRAINER_STATE)
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
-    return directory
-
-
-def load_trainer_state(directory: str | Path) -> dict:
-    path = Path(directory) / TRAINER_STATE
-    if not path.is_file():
-        raise UserError(f"--resume: {directory} is not a checkpoint directory (no {TRAINER_STATE})")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _check_resumable(state: dict, config: TrainConfig, resume_from) -> None:
-    """The run being resumed must train the same thing (output dir, epochs and the like may differ)."""
-    saved = state["config"]
-    for section in ("model", "lora", "data", "optim", "loss"):
-        if saved[section] != config.to_dict()[section]:
-            diff = [k for k in saved[section] if saved[section][k] != config.to_dict()[section].get(k)]
-            raise UserError(f"--resume {resume_from}: config differs from the checkpoint's in {section}.{diff[0] if diff else '?'}")
-    if saved["train"]["seed"] != config.train.seed:
-        raise UserError(f"--resume {resume_from}: train.seed differs from the checkpoint's")
-
-
-def _prune_checkpoints(checkpoint_root: Path, keep: int) -> None:
-    if keep > 0:
-        for old in sorted(checkpoint_root.glob("epoch_*[0-9]"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _reports(reporter: Reporter, info: DistInfo) -> bool:
-    """Rank 0 reports; every rank does if the reporter sets `all_ranks = True` (e.g. Ray Train,
-    whose report() must run on every worker; non-zero ranks get checkpoint_dir None)."""
-    return info.is_main or getattr(reporter, "all_ranks", False)
+def timed_batches(loader, waits: list[float]):
+    """`loader`'s batches; the seconds spent waiting for each are appended to `waits`."""
+    batches = iter(loader)
+    while True:
+        asked = time.time()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        waits.append(time.time() - asked)
+        yield batch
 
 
 def _is_better(metrics: dict, best: dict) -> bool:
@@ -294,7 +201,7 @@ def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resum
     Args:
         config: a validated `TrainConfig` (see `lora_train.config.load_config`).
         reporter: receives `on_step` (every optimizer step), `on_epoch` (with the checkpoint dir)
-            and `on_end`, on rank 0 only unless it has `all_ranks = True`. Default: silent.
+            and `on_end`, on rank 0 only. Default: silent.
         resume_from: a checkpoint directory written by an earlier run of the same config; training
             continues from the epoch after it with the saved optimizer, scheduler and RNG states.
         device: this process's device when the launcher knows better than `train.device` and
@@ -310,18 +217,30 @@ def run_training(config: TrainConfig, reporter: Reporter | None = None, *, resum
     else:
         wants_gpu = config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available())
     info = init_distributed("cuda" if wants_gpu else "cpu")
+    device = device or resolve_device(config.train.device, info)
     try:
-        result = _train(config, reporter, info, resume_from, device or resolve_device(config.train.device, info))
+        result = _train(config, reporter, info, resume_from, device)
     except BaseException as err:
-        if _reports(reporter, info):
+        if info.is_main:
             reporter.on_end("failed", f"{type(err).__name__}: {err}".splitlines()[0])
         raise
     finally:
         if info.created_group and dist.is_initialized():
             dist.destroy_process_group()
-    if _reports(reporter, info):
+    release_memory(device)  # the model is gone: the reporter's final evaluation gets the memory back
+    if info.is_main:
         reporter.on_end(result.status, result.reason)
     return result
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what a finished (or failed) run left: reference cycles of its model, and on CUDA the
+    caching allocator's blocks, so other processes on a shared GPU (packed sweep trials) and the
+    next run in this process start from the same baseline. Call it where no frame of the run is
+    alive any more (not inside an `except` block holding the run's exception)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from, device: torch.device) -> TrainResult:
@@ -330,18 +249,24 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
     output_dir = Path(cfg_t.output_dir)
     checkpoint_root = output_dir / "checkpoints"
     if info.is_main:
+        check_output_dir(output_dir, resume_from is not None, cfg_t.overwrite)
         save_config(config, output_dir / "config.yaml")
 
     # Model and data. Every rank builds the same model from the same seed (DDP also broadcasts).
     seed_everything(cfg_t.seed)
     state = load_trainer_state(resume_from) if resume_from is not None else None
     if state is not None:
-        _check_resumable(state, config, resume_from)
+        check_resumable(state, config, resume_from)
     train_set, val_set = build_datasets(config)
-    model = build_model(config, adapter_dir=resume_from).to(device)
+    if info.is_main:
+        write_validation_record(output_dir, config, val_set)
+    if device.type == "cuda":  # this run's peak, also in a process that trained before
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build_model(config, resume_from, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise UserError("lora: the settings leave no trainable parameter")
+    predicted_gib = predict_peak_gib(config, device_type=device.type, height=train_set.height, model=model)
     groups = clip_groups(model, cfg_o.clip_norms)
     loss_fn = VGGTLoss(**dataclasses.asdict(config.loss))
 
@@ -369,9 +294,7 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
     total_steps = steps_per_epoch * cfg_t.epochs
     warmup_steps = round(cfg_o.warmup_ratio * total_steps)
 
-    optimizer = torch.optim.AdamW(
-        trainable, lr=cfg_o.lr, betas=tuple(cfg_o.betas), weight_decay=cfg_o.weight_decay
-    )
+    optimizer = make_optimizer(trainable, cfg_o, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, warmup_steps, cfg_o.final_lr_ratio)
     )
@@ -400,79 +323,111 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
         total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
         disable=(not info.is_main) or (None if cfg_t.progress_bar else True),
     )
+    warmup_s, term_names = None, []
 
+    def publish(pending: tuple[HostCopy, dict]) -> str | None:
+        """Report one optimizer step from its host copy; returns the reason if it diverged."""
+        nonlocal warmup_s
+        copy, metrics = pending
+        values = copy.read()
+        terms, norms = values[: len(term_names)], values[len(term_names) :]
+        if not all(map(math.isfinite, values)):
+            return f"non-finite loss or gradient at step {metrics['step']} (loss={terms[0]})"
+        step_index = metrics.pop("step")
+        metrics.update({f"train/{n}": v for n, v in zip(term_names, terms)})
+        metrics.update({f"train/grad_norm_{group[0]}": v for group, v in zip(groups, norms)})
+        if warmup_s is None:
+            warmup_s = metrics["time/step_s"]
+        else:
+            steady_times.append(metrics["time/step_s"])
+            steady_waits.append(metrics["time/data_wait_s"])
+        epoch_losses.append(metrics["train/loss"])
+        if info.is_main:
+            reporter.on_step(step_index, metrics)
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
+        return None
+
+    # Background workers load the next batches during each step and across epoch ends; companion
+    # views and jitter are a function of (seed, epoch, index), so any worker count trains alike.
+    stream = WindowStream(train_set, {
+        e: epoch_batches(num_train, e, cfg_t.seed, cfg_d.batch_size, info, steps_per_epoch * cfg_o.grad_accum_steps)
+        for e in range(start_epoch, cfg_t.epochs)
+    }, cfg_d.num_workers, device)
     for epoch in range(start_epoch, cfg_t.epochs):
         train_module.train()
-        train_set.set_epoch(epoch)  # companion views and jitter: a function of (seed, epoch, index)
-        micro_batches = epoch_batches(
-            num_train, epoch, cfg_t.seed, cfg_d.batch_size, info, steps_per_epoch * cfg_o.grad_accum_steps
-        )
-        loader = DataLoader(
-            train_set, batch_sampler=micro_batches, collate_fn=collate_windows, num_workers=cfg_d.num_workers
-        )
-        epoch_losses = []
+        loader = stream.epoch(epoch)
+        epoch_losses, steady_times, steady_waits, waits = [], [], [], []
+        pending, diverged = None, None  # pending: the last optimizer step, not yet read on the host
         step_start = time.time()
-        for micro, batch in enumerate(loader):
+        for micro, batch in enumerate(timed_batches(loader, waits)):
+            if cfg_t.inject_oom_above_gib is not None and predicted_gib > cfg_t.inject_oom_above_gib:
+                raise torch.cuda.OutOfMemoryError(  # test hook: this run does not fit the simulated GPU
+                    f"injected: predicted peak {predicted_gib:.3f} GiB > train.inject_oom_above_gib "
+                    f"{cfg_t.inject_oom_above_gib} GiB")
             batch = normalize_gt(to_device(batch, device))
             is_last_micro = (micro + 1) % cfg_o.grad_accum_steps == 0
             sync = contextlib.nullcontext() if is_last_micro or info.world_size == 1 else train_module.no_sync()
             with sync:
-                with autocast:
-                    predictions = train_module(batch["images"])
-                losses = loss_fn(_float32(predictions), batch)
+                losses = forward_losses(train_module, batch, loss_fn, autocast)
                 objective = losses["objective"]
                 if cfg_t.inject_nan_at_step is not None and step == cfg_t.inject_nan_at_step:
                     objective = objective * float("nan")  # test hook for the divergence guard
                 (objective / cfg_o.grad_accum_steps).backward()
             if micro % cfg_o.grad_accum_steps == 0:
-                step_terms = torch.zeros(len(losses), dtype=torch.float64)
-            step_terms += torch.stack([objective.detach().double().cpu()] + [
-                v.detach().double().cpu() for k, v in losses.items() if k != "objective"
-            ]) / cfg_o.grad_accum_steps
+                step_terms = torch.zeros(len(losses), dtype=torch.float64, device=device)
+                term_names = ["loss"] + [k.removeprefix("loss_") for k in losses if k != "objective"]
+            step_terms += torch.stack(
+                [objective.detach()] + [v.detach() for k, v in losses.items() if k != "objective"]
+            ).double() / cfg_o.grad_accum_steps
             if not is_last_micro:
                 continue
 
-            # One optimizer step: all ranks agree on the loss (and on divergence) first.
+            # One optimizer step. All ranks agree on the loss first, so they agree on divergence.
             step_terms = all_reduce_mean(step_terms, info)
-            grad_norms = {}
-            for name, max_norm, params in groups:
-                grad_norms[name] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            if not torch.isfinite(step_terms).all() or not all(map(math.isfinite, grad_norms.values())):
-                optimizer.zero_grad(set_to_none=True)
-                progress.close()
-                reason = f"non-finite loss or gradient at step {step} (loss={float(step_terms[0])})"
-                return TrainResult("diverged", best, last_checkpoint, epoch, reason)
+            grad_norms = clip_gradients(groups, device)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-
-            names = ["loss"] + [k.removeprefix("loss_") for k in losses if k != "objective"]
-            step_metrics = {f"train/{n}": float(v) for n, v in zip(names, step_terms)}
-            step_metrics.update({"train/lr": lr, "time/step_s": time.time() - step_start})
-            step_metrics["epoch"] = epoch + (micro + 1) / (steps_per_epoch * cfg_o.grad_accum_steps)
-            step_metrics.update({f"train/grad_norm_{n}": v for n, v in grad_norms.items()})
-            epoch_losses.append(step_metrics["train/loss"])
-            if _reports(reporter, info):
-                reporter.on_step(step, step_metrics)
-            if info.is_main:
-                progress.update(1)
-                progress.set_postfix(loss=f"{step_metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
+            # Step time: between the ends of two steps' host work. Waiting for the previous step
+            # (below) falls into the next one, so in steady state this is the device's pace.
+            queued = time.time()
+            current = (HostCopy(torch.cat([step_terms, grad_norms.double()])), {
+                "step": step, "train/lr": lr, "time/step_s": queued - step_start, "time/data_wait_s": sum(waits),
+                "epoch": epoch + (micro + 1) / (steps_per_epoch * cfg_o.grad_accum_steps),
+            })
+            waits.clear()
+            step_start = queued
+            # The previous step is read now that this one is queued. A diverged step is thus
+            # caught one step late; the extra step's weights are never saved.
+            diverged = publish(pending) if pending is not None else None
+            pending = current
+            if diverged is not None:
+                break
             step += 1
-            step_start = time.time()
+        if diverged is None and pending is not None:
+            diverged = publish(pending)
+        if diverged is not None:
+            progress.close()
+            return TrainResult("diverged", best, last_checkpoint, epoch, diverged)
 
         # Validation on rank 0 (the set is small); the others wait at the barrier below.
         epochs_done = epoch + 1
         metrics = {"epoch": epochs_done, "train/loss": float(np.mean(epoch_losses)), "step": step}
+        metrics["time/warmup_s"] = warmup_s
+        if steady_times:
+            metrics["time/steady_step_s"] = float(np.mean(steady_times))
+            metrics["time/data_stall_share"] = float(np.sum(steady_waits) / np.sum(steady_times))
         if info.is_main and (epochs_done % config.eval.every_epochs == 0 or epochs_done == cfg_t.epochs):
             val = evaluate_model(
                 model, val_set, config.eval.align, loss_fn=loss_fn, device=device, amp_dtype=amp_dtype,
-                max_windows=cfg_d.max_val_windows,
             )
             metrics.update({f"val/{k}": v for k, v in val.items()})
         wall = wall_before + time.time() - wall_start
         cpu = cpu_before + time.process_time() - cpu_start
         metrics.update(resource_usage(device, wall, cpu, info))
+        metrics["cost/predicted_peak_gib"] = predicted_gib
         metrics["time/wall_s"] = wall
         if info.world_size > 1:  # every rank gets rank 0's validation metrics
             shared = [metrics]
@@ -496,12 +451,12 @@ def _train(config: TrainConfig, reporter: Reporter, info: DistInfo, resume_from,
                     "scheduler": scheduler.state_dict(), "rng": rng_states, "best_metrics": best,
                     "cost": (wall, cpu), "config": config.to_dict(),
                 }
-                checkpoint_dir = str(save_checkpoint(checkpoint_root / f"epoch_{epochs_done:04d}", model, trainer_state))
-                _prune_checkpoints(checkpoint_root, cfg_t.keep_checkpoints)
-            last_checkpoint = checkpoint_dir or str(checkpoint_root / f"epoch_{epochs_done:04d}")
+                checkpoint_dir = str(save_checkpoint(epoch_checkpoint(checkpoint_root, epochs_done), model, trainer_state))
+                prune_checkpoints(checkpoint_root, cfg_t.keep_checkpoints)
+            last_checkpoint = checkpoint_dir or str(epoch_checkpoint(checkpoint_root, epochs_done))
         if info.world_size > 1:
             dist.barrier()
-        if _reports(reporter, info):
+        if info.is_main:
             reporter.on_epoch(epochs_done, metrics, checkpoint_dir)
 
     progress.close()
@@ -522,25 +477,6 @@ def _float32(predictions: dict) -> dict:
 
 
 # --- CLI -----------------------------------------------------------------------------------------
-
-
-def parse_overrides(extra: list[str]) -> dict[str, str]:
-    """`--optim.lr 1e-4 --lora.rank=8` → {"optim.lr": "1e-4", "lora.rank": "8"}."""
-    overrides, i = {}, 0
-    while i < len(extra):
-        flag = extra[i]
-        if not flag.startswith("--") or "." not in flag.split("=")[0]:
-            raise UserError(f"unknown argument '{flag}' (config overrides look like --section.key VALUE)")
-        if "=" in flag:
-            key, value = flag[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(extra):
-                raise UserError(f"flag '{flag}' needs a value")
-            key, value = flag[2:], extra[i + 1]
-            i += 2
-        overrides[key] = value
-    return overrides
 
 
 @cli_main

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from lora_train.metrics import align_depth
+from vggt_common.files import atomic_write
 
 ERROR_RANGE = (0.0, 0.5)
 MIN_PANEL_WIDTH = 240  # small training images are enlarged so that the labels stay legible
@@ -33,13 +34,10 @@ def save_visualization(path: Path, window: dict, predictions: dict[str, np.ndarr
             on valid pixels) before display; the error map is of the last one.
         align: alignment mode of `lora_train.metrics.align_depth`.
     """
-    image = render_window(window, predictions, align)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"could not write {tmp}")
-    tmp.replace(path)
+    ok, encoded = cv2.imencode(".png", render_window(window, predictions, align))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    atomic_write(path, encoded.tobytes())
 
 
 def render_window(window: dict, predictions: dict[str, np.ndarray], align: str = "median") -> np.ndarray:

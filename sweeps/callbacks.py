@@ -1,14 +1,21 @@
-"""Driver-side Tune callbacks: MLflow child runs with terminal status, and compact live progress."""
+"""Driver-side Tune callbacks: MLflow child runs with terminal status, and the trial events of the
+sweep's console."""
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 from ray.tune import Callback
 
-from sweeps.trial import TrialSetup, mark_stopped, overrides_for, record_run_id, trial_run_name
+from sweeps.trial_setup import (
+    TrialSetup,
+    mark_stopped,
+    overrides_for,
+    record_run_id,
+    trial_dir,
+    trial_run_name,
+)
 
 
 def _last_iteration(trial) -> int:
@@ -91,49 +98,114 @@ class MlflowTrialCallback(Callback):
 
 
 class ProgressCallback(Callback):
-    """One line per event: trials running / done / stopped / failed and the best so far."""
+    """Trial events → the sweep's console (`sweeps.console`): one line per event, then the counts,
+    the best so far and an ETA. It keeps no counts of its own (it reads Tune's trials), so a
+    restored sweep goes on counting where it stopped."""
 
-    def __init__(self, metric: str, mode: str, max_epochs: int, stream=None):
-        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
-        self.stream = stream or sys.stdout
-        self.best: tuple[float, str] | None = None
-        self.start = time.time()
-        self.ended: dict[str, str] = {}
-
-    def _is_better(self, value):
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return False
-        if self.best is None:
-            return True
-        return value < self.best[0] if self.mode == "min" else value > self.best[0]
-
-    def _print(self, trials, event: str):
-        running = sum(t.status == "RUNNING" for t in trials)
-        counts = {s: sum(v == s for v in self.ended.values()) for s in ("done", "stopped", "failed")}
-        best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
-        elapsed = time.time() - self.start
-        print(
-            f"[sweep {elapsed:6.0f}s] {event:<46} | running {running} done {counts['done']} "
-            f"stopped {counts['stopped']} failed {counts['failed']} | best {self.metric} {best}",
-            file=self.stream, flush=True,
-        )
+    def __init__(self, metric: str, mode: str, max_epochs: int, total: int | None = None):
+        """`total`: trials of this Tune run (default: the sweep's `num_samples`)."""
+        self.metric, self.mode, self.max_epochs, self.total = metric, mode, max_epochs, total
+        self.refreshed = 0.0
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._print(trials, f"{trial.trial_id} started")
+        self._event(trials, trial, "started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if self._is_better(value):
-            self.best = (value, trial.trial_id)
-        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
-        self._print(trials, f"{trial.trial_id} epoch {result.get('training_iteration')}: {shown}")
+        text = f"epoch {result.get('training_iteration')}: {self.metric} " + (f"{value:.4f}" if _finite(value) else "n/a")
+        summary = self._progress(trials, trial, result)
+        if summary.best and summary.best == (value, self._name(trial)):
+            text += "  (best so far)"
+        self._event(trials, trial, text, summary=summary)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        epochs = _last_iteration(trial)
-        self.ended[trial.trial_id] = "done" if epochs >= self.max_epochs else "stopped"
-        self._print(trials, f"{trial.trial_id} {'finished' if epochs >= self.max_epochs else 'stopped by ASHA'} "
-                            f"after {epochs} epoch(s)")
+        state = self._state(trial)
+        best = f"best {self.metric} {state.best:.4f}" if state.best is not None else "no result"
+        if state.diverged:
+            reason = (trial.last_result or {}).get("stop_reason") or "non-finite loss"
+            text = f"diverged after {state.epochs} epoch(s): {reason}"
+        elif state.epochs >= self.max_epochs:
+            text = f"finished: {state.epochs} epochs, {best}"
+        else:
+            text = f"stopped by ASHA after {state.epochs} epoch(s), {best}"
+        self._event(trials, trial, text, status="TERMINATED", ended=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.ended[trial.trial_id] = "failed"
-        self._print(trials, f"{trial.trial_id} failed")
+        from sweeps.console import TRIAL_LOG, active
+
+        setup = active().setup
+        log = trial_dir(setup, trial.trial_id) / TRIAL_LOG if setup else None
+        extra = f"log: {log}" + (f"  (traceback: {trial.error_file})" if trial.error_file else "")
+        self._event(trials, trial, f"failed: {_last_error_line(trial)}", status="ERROR", ended=True, extra=extra)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._event(trials, trial, f"failed, retrying: {_last_error_line(trial)}")
+
+    def on_step_end(self, iteration, trials, **info):
+        from sweeps.console import active, format_progress
+
+        if active().live and time.monotonic() - self.refreshed >= 1.0:  # the live line's clock and ETA
+            self.refreshed = time.monotonic()
+            active().status(format_progress(self._progress(trials), self.metric))
+
+    def on_experiment_end(self, trials, **info):
+        from sweeps import interrupts
+        from sweeps.console import active
+
+        if interrupts.interrupted():
+            for trial in trials:
+                if trial.status in ("RUNNING", "PAUSED"):
+                    self._event(trials, trial, f"interrupted after {self._state(trial).epochs} epoch(s); "
+                                               "--resume continues it")
+        active().stop_live()  # what follows (leaderboard, a confirm phase) prints plain lines
+
+    def _event(self, trials, trial, text: str, result=None, status=None, summary=None, **kwargs) -> None:
+        from sweeps.console import active, format_progress
+
+        summary = summary or self._progress(trials, trial, result, status)
+        active().event(self._name(trial), text, format_progress(summary, self.metric), **kwargs)
+
+    def _progress(self, trials, trial=None, result=None, status=None):
+        """Progress over `trials`, `trial` with the `result` or `status` Tune is reporting (Tune
+        updates the trial after its callbacks)."""
+        from sweeps.console import active, progress
+
+        console = active()
+        states = [self._state(t, result, status) if t is trial else self._state(t) for t in trials]
+        total = self.total or (console.setup.space.num_samples if console.setup else len(trials))
+        return progress(states, total, self.max_epochs, console.concurrency, self.mode)
+
+    def _state(self, trial, result: dict | None = None, status: str | None = None):
+        """`trial` as a `TrialState`, with the epoch `result` or end `status` Tune is reporting."""
+        from sweeps.console import TrialState
+
+        last = result or (trial.last_result if trial.has_reported_at_least_once else {})
+        best = (trial.metric_analysis.get(self.metric) or {}).get(self.mode)
+        value = (result or {}).get(self.metric)
+        if _finite(value) and (not _finite(best) or (value < best if self.mode == "min" else value > best)):
+            best = value
+        return TrialState(trial.trial_id, self._name(trial), status or trial.status, int(last.get("training_iteration") or 0),
+                          float(last.get("time_total_s") or 0.0), last.get("train_status") == "diverged",
+                          best if _finite(best) else None)
+
+    def _name(self, trial) -> str:
+        """The trial's MLflow run name (`<trial id>-<strategy>-r<rank>`)."""
+        from sweeps.console import active
+        from sweeps.space import trial_overrides
+
+        setup = active().setup
+        return trial_run_name(trial.trial_id, trial_overrides(trial.config, setup.space)) if setup else trial.trial_id
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _last_error_line(trial) -> str:
+    """The last line of a failed trial's error (Tune's error file), e.g. `RuntimeError: ...`."""
+    try:
+        with open(trial.error_file) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except (OSError, TypeError):
+        return "error (no error file)"
+    return (lines[-1] if lines else "error")[:300]

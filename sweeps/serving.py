@@ -1,38 +1,39 @@
-"""The champion: an MLflow pyfunc model wrapping the base VGGT config and the best LoRA adapter.
-
-`load_context` imports `lora_train` lazily, so the registry entry can be listed without torch; it
-rebuilds VGGT from the training config saved with the adapter, loads the pretrained base weights,
-applies the adapter and merges it. `predict` takes images `[S, 3, H, W]` (or `[B, S, 3, H, W]`) in
-[0, 1] as a numpy array and returns the depth maps `[B, S, H, W]`.
+"""The served champion: an MLflow pyfunc model of an adapter on its base (packaged by
+`sweeps.champion`). `predict` takes images `[S, 3, H, W]` (or `[B, S, 3, H, W]`) in [0, 1] as a
+numpy array and returns depth maps `[B, S, H, W]`. Loading never builds or trains anything: a
+missing or different base is one clear error line (`ChampionLoadError`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import mlflow.pyfunc
+
+BASE_ENV = "VGGT_BASE_CHECKPOINT"
 
 
 class VGGTLoraModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import torch
 
-        from lora_train.base_model import resolve_checkpoint
-        from lora_train.config import config_from_dict
-        from lora_train.lora import load_adapter
-        from lora_train.model import VGGT, VGGTConfig, load_pretrained
-        from lora_train.train import load_trainer_state
+        from lora_train.builders import build_model
+        from lora_train.checkpointing import load_run_config
+        from lora_train.config import apply_overrides
 
+        record = json.loads(Path(context.artifacts["base_record"]).read_text())
         adapter_dir = Path(context.artifacts["adapter"])
-        config = config_from_dict(load_trainer_state(adapter_dir)["config"], source=str(adapter_dir))
-        model = VGGT(VGGTConfig.from_dict({"preset": config.model.preset, **config.model.overrides}))
-        checkpoint = resolve_checkpoint(config.model.checkpoint)
-        if checkpoint is not None:
-            load_pretrained(model, checkpoint)
-        model = load_adapter(model, adapter_dir)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        self.model = model.eval()
+        config = load_run_config(adapter_dir)
+        if record["mode"] == "merged":
+            merged = apply_overrides(config, {"model.checkpoint": context.artifacts["merged"]})
+            self.model = build_model(merged, base_only=True).eval()
+        else:
+            base = context.artifacts["base"] if record["mode"] == "embed" else find_base(record)
+            config = apply_overrides(config, {"model.checkpoint": str(base)})
+            self.model = build_model(config, adapter_dir, merge=True).eval()
         self.torch = torch
 
     def predict(self, context, model_input, params=None):
@@ -42,8 +43,25 @@ class VGGTLoraModel(mlflow.pyfunc.PythonModel):
         return out["depth"][..., 0].cpu().numpy()
 
 
-def register_champion(tracker, run_id: str, model_name: str, adapter_dir) -> str | None:
-    """Register the best adapter as `model_name` with alias `champion`; returns the version."""
-    return tracker.register_champion(
-        run_id, model_name, VGGTLoraModel(), {"adapter": str(adapter_dir)}
-    )
+class ChampionLoadError(RuntimeError):
+    """The champion cannot be loaded here (its base is missing or different); one line."""
+
+
+def find_base(record: dict) -> Path:
+    """The referenced base checkpoint: `$VGGT_BASE_CHECKPOINT` or the recorded location, checked."""
+    path = Path(os.environ.get(BASE_ENV) or record["source"])
+    if not path.is_file():
+        raise ChampionLoadError(f"the champion's base checkpoint is not at {path}: set {BASE_ENV} to a copy of it "
+                                f"(sha256 {record['sha256'][:16]}…, {record['size']} bytes)")
+    if path.stat().st_size != record["size"] or file_sha256(path) != record["sha256"]:
+        raise ChampionLoadError(f"{path} is not the champion's base checkpoint (sha256 {record['sha256'][:16]}… "
+                                f"expected); set {BASE_ENV} to the right file")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()

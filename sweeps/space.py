@@ -1,29 +1,30 @@
-"""The sweep's space file: parse, validate (one-line errors with YAML line numbers), search.
+"""The sweep space: what one sweep searches, its budget and resources, and the rules they obey.
 
-A space file describes one sweep: its name, the metric to optimise, the budget, the resources of
-one trial, the ASHA scheduler, the Optuna sampler, the base training config, and the parameters to
+A space describes one sweep: its name, the metric to optimise, the budget, the resources of one
+trial, the ASHA scheduler, the Optuna sampler, the base training config, and the parameters to
 search. Parameters are training-config keys in dotted form (`optim.lr`); the Optuna search names
 them with `/` (`optim/lr`) so that Ray unflattens them into a nested trial config. The categorical
 `lora.strategy` axis comes from the `strategies` mapping, whose entries may carry conditional
 parameters (e.g. a lower learning-rate range for strategy C) and custom target sets.
 
-Everything is validated before anything starts: a mistake raises `UserError` with one line naming
-the file, the line and the key.
+`sweeps.space_file.load_space` reads a space from YAML; the rules here (`field_problem`,
+`cross_problems`) are applied both there (errors name the file and line) and by
+`SweepSpace.with_overrides` (errors name the command-line flag).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lora_train.config import BUILTIN_STRATEGIES
 from lora_train.errors import UserError
+from sweeps.pareto import ChampionRule, Constraint, Criteria, Objective, metric_problem
 
-BUILTIN_STRATEGIES = ("A", "B", "C")
 CUSTOM_STRATEGY = "custom"
 STRATEGY_KEY = "lora.strategy"
 CUSTOM_TARGET_KEYS = ("lora.target_regex", "lora.block_ranges", "lora.layer_kinds")
@@ -32,26 +33,70 @@ RANK_KEY = "lora.rank"
 ALPHA_KEY = "lora.alpha"
 CONDITIONAL_PREFIX = "by_strategy"  # Optuna name of a conditional parameter: by_strategy/C/optim/lr
 
-_TOP_KEYS = {
-    "name", "metric", "mode", "budget", "resources", "asha", "sampler", "failure",
-    "base_config", "parameters", "strategies", "points_to_evaluate",
-}
-_SECTION_DEFAULTS = {
-    "budget": {"num_samples": 8, "max_epochs": 4, "max_concurrent": 0},
-    "resources": {"gpus_per_trial": 0, "cpus_per_trial": 1, "workers_per_trial": 1, "launcher": "auto"},
-    "asha": {"grace_period": 1, "reduction_factor": 2, "brackets": 1},
-    "sampler": {"type": "tpe", "multivariate": True, "group": True, "seed": 0, "n_startup_trials": 4},
-    "failure": {"max_failures": 1},
-}
+# Keys a search may not vary: they decide what a trial is scored on (the validation protocol is
+# set once, in the `validation:` section) or which data and base model it starts from.
+PROTOCOL_KEYS = ("eval.num_views", "eval.width", "eval.max_windows", "eval.seed", "eval.scenes", "eval.align")
+DATA_IDENTITY_KEYS = ("data.root", "data.scenes", "data.synthetic_family", "data.synthetic_scenes",
+                      "data.synthetic_seed", "model.preset", "model.checkpoint")
 LAUNCHERS = ("auto", "ray_train", "in_trial")  # how a trial runs lora_train (see SweepSpace.runs_in_trial)
-_SPEC_KEYS = {
-    "int": {"type", "low", "high", "log", "step"},
-    "float": {"type", "low", "high", "log", "step"},
-    "categorical": {"type", "choices"},
-    "fixed": {"type", "value"},
+AUTO = "auto"  # resources.gpus_per_trial / --gpus-per-trial: GPU share by predicted memory (sweeps/packing.py)
+# The confirm phase and the champion rule (sweeps/confirm.py, sweeps/selection.py): the top_k search
+# configurations are trained again with `seeds` new seeds (top_k or seeds 0: no confirm phase), on
+# `cv_folds` scene-disjoint folds of the training scenes (0: on the sweep's validation windows); a
+# candidate whose retention AbsRel rises by more than `retention_margin` over the base's is rejected.
+SELECTION_DEFAULTS = {"top_k": 3, "seeds": 3, "cv_folds": 0, "retention_margin": 0.01}
+CONFIRM_KEY = "confirm"  # trial-config key of a confirm run: its origin and training overrides, not searched
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_RULE = "letters, digits, '_', '.', '-' (at most 100, starting with a letter or digit)"
+
+# Numeric fields of a space: (integer?, minimum, minimum excluded?).
+FIELD_LIMITS = {
+    "num_samples": (True, 1, False), "max_epochs": (True, 1, False), "max_concurrent": (True, 0, False),
+    "gpus_per_trial": (False, 0, False), "cpus_per_trial": (False, 0, True),
+    "workers_per_trial": (True, 1, False), "grace_period": (True, 1, False),
+    "reduction_factor": (False, 1, True), "brackets": (True, 1, False), "max_failures": (True, -1, False),
 }
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def number_problem(value, *, integer: bool = False, minimum: float | None = None,
+                   exclusive: bool = False) -> str | None:
+    """What is wrong with `value` as a (finite) number of the given kind and minimum, or None."""
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"expected an integer, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"expected a number, got {value!r}"
+    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+        return f"must be {'>' if exclusive else '>='} {minimum}, got {value!r}"
+    return None
+
+
+def field_problem(name: str, value) -> str | None:
+    """What is wrong with `value` for the numeric space field `name`, or None."""
+    integer, minimum, exclusive = FIELD_LIMITS[name]
+    return number_problem(value, integer=integer, minimum=minimum, exclusive=exclusive)
+
+
+def cross_problems(space: "SweepSpace") -> list[tuple[tuple[str, ...], str]]:
+    """Rules between fields: `[((fields involved...), message)]`, empty when the space is sound."""
+    problems = []
+    if space.pack_gpus and not space.runs_in_trial():
+        problems.append((("gpus_per_trial", "workers_per_trial"), "gpus_per_trial auto sizes one-process trials; "
+                         f"DDP trials (workers_per_trial {space.workers_per_trial}) need a number of GPUs"))
+    if space.launcher == "in_trial" and space.workers_per_trial != 1:
+        problems.append((("launcher", "workers_per_trial"), "launcher in_trial runs one process: it needs "
+                         f"workers_per_trial 1, got {space.workers_per_trial} (use auto or ray_train for DDP)"))
+    if space.grace_period > space.max_epochs:
+        problems.append((("grace_period", "max_epochs"),
+                         f"asha.grace_period {space.grace_period} exceeds budget.max_epochs {space.max_epochs}"))
+    if space.brackets != 1:
+        problems.append((("brackets",), f"the sweep's ASHA (sweeps/schedulers.py) has one bracket, got "
+                         f"asha.brackets {space.brackets}; set 1"))
+    for metric in (*space.criteria.metrics, *space.champion_rule.metrics):  # reported on this device?
+        problem = metric_problem(metric, on_gpu=space.gpus_per_trial > 0, final_ok=True)
+        if problem:
+            problems.append((("gpus_per_trial",), problem))
+            break
+    return problems
 
 
 @dataclass(frozen=True)
@@ -140,6 +185,26 @@ class SweepSpace:
     strategies: tuple[Strategy, ...]
     points_to_evaluate: list[dict] = field(default_factory=list)
     launcher: str = "auto"
+    validation: dict = field(default_factory=dict)  # the file's `validation:` keys (see protocol_overrides)
+    selection: dict = field(default_factory=lambda: dict(SELECTION_DEFAULTS))  # see SELECTION_DEFAULTS
+    # Several objectives (`objectives:`; empty: `metric`/`mode` alone), constraints, the champion
+    # rule (None: the primary objective). `metric`/`mode` are always the primary objective.
+    objectives: tuple[Objective, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    champion: ChampionRule | None = None
+    # `gpus_per_trial: auto` (sweeps/packing.py): each trial gets the GPU share of its predicted peak
+    # memory, at most `gpus_per_trial` (then 1); `gpu_memory_gib` is one GPU's memory (None: measured).
+    pack_gpus: bool = False
+    gpu_memory_gib: float | None = None
+
+    @property
+    def criteria(self) -> Criteria:
+        """What the sweep optimises: the objectives (the primary first) and constraints."""
+        return Criteria(self.objectives or (Objective(self.metric, self.mode),), self.constraints)
+
+    @property
+    def champion_rule(self) -> ChampionRule:
+        return self.champion or ChampionRule(self.metric, self.mode)
 
     def runs_in_trial(self) -> bool:
         """True when the trial process trains itself instead of starting a Ray Train run.
@@ -148,6 +213,54 @@ class SweepSpace:
         and a worker process (15-20 s of start-up per trial on a small machine) and no parallelism.
         """
         return self.launcher == "in_trial" or (self.launcher == "auto" and self.workers_per_trial == 1)
+
+    def with_overrides(self, **changes) -> "SweepSpace":
+        """A copy with command-line overrides (`num_samples=16`, `name="x"`), checked by the same
+        rules as the space file; a mistake raises `UserError` naming the flag (`--num-samples`)."""
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        if "gpus_per_trial" in changes:  # "auto": packed by predicted memory, at most one GPU each
+            auto = changes["gpus_per_trial"] == AUTO
+            changes = {**changes, "gpus_per_trial": 1.0 if auto else changes["gpus_per_trial"]}
+        for name, value in changes.items():
+            if name == "name":
+                problem = None if isinstance(value, str) and NAME_RE.match(value) else f"use {NAME_RULE}, got {value!r}"
+            elif name in FIELD_LIMITS:
+                problem = field_problem(name, value)
+            else:
+                raise TypeError(f"SweepSpace.with_overrides: {name} cannot be overridden")
+            if problem:
+                raise UserError(f"{flag(name)}: {problem}")
+        if "gpus_per_trial" in changes:
+            changes["pack_gpus"] = auto
+        space = dataclasses.replace(self, **changes)
+        for fields, message in cross_problems(space):
+            changed = next((f for f in fields if f in changes), None)
+            if changed is not None:
+                raise UserError(f"{flag(changed)}: {message}")
+        return space
+
+    def protocol_overrides(self) -> dict[str, Any]:
+        """The validation protocol every trial (and the base, and confirm runs) is scored with, as
+        `eval.*` training-config overrides: the file's `validation:` keys, the others taken once
+        from the base config (its `eval.*`, else its `data.num_views` / `data.width`)."""
+        from lora_train.config import load_config, validation_protocol
+
+        base = str(self.base_config_path) if self.base_config_path else None
+        protocol = validation_protocol(load_config(base, dict(self.base_overrides)))
+        protocol.update({k: v for k, v in self.validation.items() if k in protocol})
+        return {f"eval.{k}": v for k, v in protocol.items()}
+
+    def max_value(self, key: str, default: float) -> float:
+        """The largest value `key` takes in any trial: `default` (the base config's) where the key is
+        not searched, else the top of its range or choices."""
+        values = [default]
+        for param in (*self.params, *(p for s in self.strategies for p in s.params)):
+            if param.key == key:
+                values += [param.value] if param.kind == "fixed" else list(param.choices) \
+                    if param.kind == "categorical" else [param.high]
+        return max(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
 
     def define_by_run(self) -> "DefineByRun":
         return DefineByRun(self.params, self.strategies)
@@ -162,6 +275,15 @@ class SweepSpace:
         for s in self.strategies:
             out.update({f"{CONDITIONAL_PREFIX}.{s.label}.{p.key}": p.describe() for p in s.params})
         out.update({f"base.{k}": repr(v) for k, v in self.base_overrides.items()})
+        out.update({f"validation.{k}": repr(v) for k, v in self.validation.items()})
+        out.update({f"selection.{k}": repr(v) for k, v in self.selection.items()})
+        if self.objectives:
+            out["objectives"] = ", ".join(f"{o.metric} {o.mode}" for o in self.objectives)
+        if self.constraints:
+            out["constraints"] = ", ".join(c.label for c in self.constraints)
+        if self.champion:
+            out["champion"] = ", ".join([f"{self.champion.metric} {self.champion.mode}",
+                                         *(c.label for c in self.champion.subject_to)])
         return out
 
 
@@ -213,7 +335,7 @@ def trial_overrides(trial_config: dict, space: SweepSpace) -> dict:
     Applies the base overrides, the chosen strategy (custom target sets become
     `lora.strategy: custom` plus their settings) and the derived `lora.alpha = ratio * rank`.
     """
-    flat = _flatten(trial_config)
+    flat = _flatten({k: v for k, v in trial_config.items() if k != CONFIRM_KEY})
     label = flat.pop(STRATEGY_KEY)
     values = {}
     for key, value in flat.items():
@@ -229,6 +351,7 @@ def trial_overrides(trial_config: dict, space: SweepSpace) -> dict:
     if ratio is not None:
         overrides[ALPHA_KEY] = float(ratio) * float(overrides[RANK_KEY])
     overrides["train.epochs"] = space.max_epochs
+    overrides.update(trial_config.get(CONFIRM_KEY, {}).get("overrides", {}))  # a confirm run's seed and fold
     return overrides
 
 
@@ -240,377 +363,3 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-# ------------------------------------------------------------------------------------ parsing
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` (no dot) as a float, as YAML 1.2 does."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
-class _Doc:
-    """Parsed YAML plus the line of every node, so errors can say where."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        try:
-            node = yaml.compose(text, Loader=_Loader)
-            self.data = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err)
-            raise UserError(f"{path}{line}: invalid YAML: {problem}") from None
-        self.lines: dict[tuple, int] = {}
-        if node is not None:
-            self._index(node, ())
-
-    def _index(self, node, path):
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                if key in seen:
-                    self.lines[path + (key,)] = key_node.start_mark.line + 1
-                    self.fail(path + (key,), "duplicate key")
-                seen.add(key)
-                self._index(value_node, path + (key,))
-                self.lines[path + (key,)] = key_node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._index(item, path + (i,))
-
-    def fail(self, path: tuple, message: str):
-        line = None
-        for n in range(len(path), -1, -1):
-            if path[:n] in self.lines:
-                line = self.lines[path[:n]]
-                break
-        where = f"{self.path}:{line}" if line else str(self.path)
-        key = _key_name(path)
-        raise UserError(f"{where}: {key + ': ' if key else ''}{message}")
-
-
-def _key_name(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_keys(doc, path, mapping, allowed):
-    for key in mapping:
-        if str(key) not in allowed:
-            doc.fail(path + (str(key),), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _mapping(doc, path, value, default=None):
-    if value is None and default is not None:
-        return default
-    if not isinstance(value, dict):
-        doc.fail(path, f"expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _number(doc, path, value, *, integer=False, minimum=None, exclusive=False):
-    if integer and (isinstance(value, bool) or not isinstance(value, int)):
-        doc.fail(path, f"expected an integer, got {value!r}")
-    if not _is_number(value):
-        doc.fail(path, f"expected a number, got {value!r}")
-    if minimum is not None and (value <= minimum if exclusive else value < minimum):
-        doc.fail(path, f"must be {'>' if exclusive else '>='} {minimum}, got {value!r}")
-    return value
-
-
-def _section(doc, name, raw) -> dict:
-    defaults = _SECTION_DEFAULTS[name]
-    section = _mapping(doc, (name,), raw.get(name), {})
-    _check_keys(doc, (name,), section, set(defaults))
-    return {**defaults, **section}
-
-
-def _param(doc, path, key, raw) -> Param:
-    if not isinstance(key, str) or not _KEY_RE.match(key):
-        doc.fail(path, "parameter names are dotted training-config keys like optim.lr")
-    if not isinstance(raw, dict):
-        if isinstance(raw, list):
-            doc.fail(path, "a list is ambiguous here: write {type: categorical, choices: [...]} "
-                     "or {type: fixed, value: [...]}")
-        return Param(key, "fixed", value=raw)
-    kind = raw.get("type", "categorical" if "choices" in raw else None)
-    if kind is None:
-        doc.fail(path, "missing 'type' (int, float, categorical or fixed)")
-    if kind not in _SPEC_KEYS:
-        doc.fail(path + ("type",), f"unknown type {kind!r} (int, float, categorical or fixed)")
-    _check_keys(doc, path, raw, _SPEC_KEYS[kind])
-    if kind == "fixed":
-        if "value" not in raw:
-            doc.fail(path, "missing 'value'")
-        return Param(key, "fixed", value=raw["value"])
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list):
-            doc.fail(path + ("choices",), f"expected a list of choices, got {choices!r}")
-        if not choices:
-            doc.fail(path + ("choices",), "empty list of choices")
-        for i, c in enumerate(choices):
-            if not (c is None or isinstance(c, (bool, int, float, str))):
-                doc.fail(path + ("choices", i), f"choices must be scalars, got {c!r}")
-        if len(set(map(repr, choices))) != len(choices):
-            doc.fail(path + ("choices",), "duplicate choices")
-        return Param(key, "categorical", choices=tuple(choices))
-    for bound in ("low", "high"):
-        if bound not in raw:
-            doc.fail(path, f"missing '{bound}'")
-        _number(doc, path + (bound,), raw[bound], integer=kind == "int")
-    low, high = raw["low"], raw["high"]
-    if low > high:
-        doc.fail(path, f"empty range: low {low!r} > high {high!r}")
-    log = raw.get("log", False)
-    if not isinstance(log, bool):
-        doc.fail(path + ("log",), f"expected true or false, got {log!r}")
-    if log and low <= 0:
-        doc.fail(path + ("low",), f"a log range needs low > 0, got {low!r}")
-    step = raw.get("step")
-    if step is not None:
-        _number(doc, path + ("step",), step, integer=kind == "int", minimum=0, exclusive=True)
-        if log:
-            doc.fail(path + ("step",), "step cannot be combined with log")
-    return Param(key, kind, low=low, high=high, log=log, step=step)
-
-
-def _params(doc, path, raw) -> list[Param]:
-    raw = _mapping(doc, path, raw, {})
-    params = []
-    for key, spec in raw.items():
-        if key == STRATEGY_KEY:
-            doc.fail(path + (key,), "the strategy axis is the top-level 'strategies' mapping")
-        params.append(_param(doc, path + (str(key),), key, spec))
-    keys = {p.key for p in params}
-    if ALPHA_RATIO_KEY in keys and ALPHA_KEY in keys:
-        doc.fail(path + (ALPHA_RATIO_KEY,), f"set either {ALPHA_KEY} or {ALPHA_RATIO_KEY}, not both")
-    return params
-
-
-def _strategies(doc, raw) -> list[Strategy]:
-    raw = raw.get("strategies")
-    if raw is None:
-        doc.fail(("strategies",), "missing: list the LoRA strategies to search (A, B, C or custom sets)")
-    if isinstance(raw, list):
-        raw = {label: {} for label in raw}
-    raw = _mapping(doc, ("strategies",), raw)
-    if not raw:
-        doc.fail(("strategies",), "empty: list at least one strategy")
-    out = []
-    for label, entry in raw.items():
-        path = ("strategies", str(label))
-        label = str(label)
-        if not _NAME_RE.match(label) or "/" in label:
-            doc.fail(path, f"bad strategy label {label!r}")
-        params = _params(doc, path, entry)
-        is_custom = label not in BUILTIN_STRATEGIES
-        has_targets = any(p.key in CUSTOM_TARGET_KEYS for p in params)
-        if is_custom and not has_targets:
-            doc.fail(path, f"unknown strategy {label!r}: use A, B, C, or a custom target set "
-                     f"that sets one of {', '.join(CUSTOM_TARGET_KEYS)}")
-        out.append(Strategy(label, tuple(params)))
-    return out
-
-
-def _points(doc, raw, params, strategies) -> list[dict]:
-    points = raw.get("points_to_evaluate") or []
-    if not isinstance(points, list):
-        doc.fail(("points_to_evaluate",), "expected a list of {dotted key: value} mappings")
-    by_label = {s.label: s for s in strategies}
-    general = {p.key: p for p in params}
-    out = []
-    for i, point in enumerate(points):
-        path = ("points_to_evaluate", i)
-        point = _mapping(doc, path, point)
-        label = point.get(STRATEGY_KEY)
-        if label is None and len(strategies) == 1:
-            label = strategies[0].label
-        if label is None:
-            doc.fail(path, f"missing {STRATEGY_KEY} (one of {', '.join(by_label)})")
-        if str(label) not in by_label:
-            doc.fail(path + (STRATEGY_KEY,), f"unknown strategy {label!r} (one of {', '.join(by_label)})")
-        strategy = by_label[str(label)]
-        conditional = {p.key: p for p in strategy.params}
-        flat = {optuna_name(STRATEGY_KEY): strategy.label}
-        for key, value in point.items():
-            if key == STRATEGY_KEY:
-                continue
-            param = conditional.get(key) or general.get(key)
-            if param is None:
-                doc.fail(path + (str(key),), "not a searched parameter of this space")
-            if param.kind == "fixed":
-                doc.fail(path + (str(key),), "is fixed in this space; it cannot be set per point")
-            if not param.contains(value):
-                doc.fail(path + (str(key),), f"{value!r} is outside the range {param.describe()}")
-            name = conditional_name(strategy.label, key) if key in conditional else optuna_name(key)
-            flat[name] = value
-        out.append(flat)
-    return out
-
-
-def load_space(path: str | Path, *, validate_config: bool = True) -> SweepSpace:
-    """Read and validate a space file.
-
-    Args:
-        path: the space YAML.
-        validate_config: also check every parameter key and value against the training config
-            (`lora_train.config.load_config`), one trial of each strategy at a time.
-
-    Raises:
-        UserError: one line naming the file, line and key of the first mistake.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--space: no such file: {path}")
-    text = path.read_text()
-    doc = _Doc(path, text)
-    raw = doc.data
-    if not isinstance(raw, dict):
-        doc.fail((), "the space file must be a mapping of sections (name, budget, parameters, ...)")
-    _check_keys(doc, (), raw, _TOP_KEYS)
-
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        doc.fail(("name",), f"expected a name of letters, digits, '_', '.', '-', got {name!r}")
-    metric = raw.get("metric", "val/abs_rel")
-    if not isinstance(metric, str) or not metric:
-        doc.fail(("metric",), f"expected a metric name like val/abs_rel, got {metric!r}")
-    mode = raw.get("mode", "min")
-    if mode not in ("min", "max"):
-        doc.fail(("mode",), f"expected min or max, got {mode!r}")
-
-    budget = _section(doc, "budget", raw)
-    _number(doc, ("budget", "num_samples"), budget["num_samples"], integer=True, minimum=1)
-    _number(doc, ("budget", "max_epochs"), budget["max_epochs"], integer=True, minimum=1)
-    _number(doc, ("budget", "max_concurrent"), budget["max_concurrent"], integer=True, minimum=0)
-    resources = _section(doc, "resources", raw)
-    _number(doc, ("resources", "gpus_per_trial"), resources["gpus_per_trial"], minimum=0)
-    _number(doc, ("resources", "cpus_per_trial"), resources["cpus_per_trial"], minimum=0, exclusive=True)
-    _number(doc, ("resources", "workers_per_trial"), resources["workers_per_trial"], integer=True, minimum=1)
-    if resources["launcher"] not in LAUNCHERS:
-        doc.fail(("resources", "launcher"), f"expected one of {', '.join(LAUNCHERS)}, got {resources['launcher']!r}")
-    if resources["launcher"] == "in_trial" and resources["workers_per_trial"] != 1:
-        doc.fail(("resources", "launcher"), "in_trial runs one process: it needs workers_per_trial: 1 "
-                 "(use auto or ray_train for DDP)")
-    asha = _section(doc, "asha", raw)
-    _number(doc, ("asha", "grace_period"), asha["grace_period"], integer=True, minimum=1)
-    _number(doc, ("asha", "reduction_factor"), asha["reduction_factor"], minimum=1, exclusive=True)
-    _number(doc, ("asha", "brackets"), asha["brackets"], integer=True, minimum=1)
-    if asha["grace_period"] > budget["max_epochs"]:
-        doc.fail(("asha", "grace_period"), f"{asha['grace_period']} exceeds budget.max_epochs "
-                 f"({budget['max_epochs']})")
-    sampler = _section(doc, "sampler", raw)
-    if sampler["type"] not in ("tpe", "random"):
-        doc.fail(("sampler", "type"), f"expected tpe or random, got {sampler['type']!r}")
-    for flag in ("multivariate", "group"):
-        if not isinstance(sampler[flag], bool):
-            doc.fail(("sampler", flag), f"expected true or false, got {sampler[flag]!r}")
-    if sampler["group"] and not sampler["multivariate"]:
-        doc.fail(("sampler", "group"), "group: true needs multivariate: true")
-    _number(doc, ("sampler", "seed"), sampler["seed"], integer=True, minimum=0)
-    _number(doc, ("sampler", "n_startup_trials"), sampler["n_startup_trials"], integer=True, minimum=0)
-    failure = _section(doc, "failure", raw)
-    _number(doc, ("failure", "max_failures"), failure["max_failures"], integer=True, minimum=-1)
-
-    base = _mapping(doc, ("base_config",), raw.get("base_config"), {})
-    _check_keys(doc, ("base_config",), base, {"path", "overrides"})
-    base_path = base.get("path")
-    if base_path is not None:
-        if not isinstance(base_path, str):
-            doc.fail(("base_config", "path"), f"expected a file path, got {base_path!r}")
-        base_path = (path.parent / base_path).resolve()
-        if not base_path.is_file():
-            doc.fail(("base_config", "path"), f"no such file: {base_path}")
-    overrides = _mapping(doc, ("base_config", "overrides"), base.get("overrides"), {})
-    for key in overrides:
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            doc.fail(("base_config", "overrides", str(key)), "expected a dotted training-config key")
-
-    params = _params(doc, ("parameters",), raw.get("parameters"))
-    strategies = _strategies(doc, raw)
-    has_rank = any(p.key == RANK_KEY for p in params) or all(
-        any(p.key == RANK_KEY for p in s.params) for s in strategies) or RANK_KEY in overrides
-    ratio_used = any(p.key == ALPHA_RATIO_KEY for p in params) or any(
-        p.key == ALPHA_RATIO_KEY for s in strategies for p in s.params)
-    if ratio_used and not has_rank:
-        doc.fail(("parameters",), f"{ALPHA_RATIO_KEY} needs {RANK_KEY} in the space or base_config")
-    points = _points(doc, raw, params, strategies)
-
-    space = SweepSpace(
-        path=path, source_text=text, name=name, metric=metric, mode=mode,
-        num_samples=budget["num_samples"], max_epochs=budget["max_epochs"],
-        max_concurrent=budget["max_concurrent"], gpus_per_trial=resources["gpus_per_trial"],
-        cpus_per_trial=resources["cpus_per_trial"], workers_per_trial=resources["workers_per_trial"],
-        grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"],
-        brackets=asha["brackets"], sampler=sampler, max_failures=failure["max_failures"],
-        base_config_path=base_path, base_overrides=dict(overrides), params=tuple(params),
-        strategies=tuple(strategies), points_to_evaluate=points, launcher=resources["launcher"],
-    )
-    if validate_config:
-        _validate_against_config(doc, space)
-    return space
-
-
-def _validate_against_config(doc: _Doc, space: SweepSpace) -> None:
-    """Build the training config of one corner of the space per strategy; map errors to lines."""
-    from lora_train.config import load_config
-
-    base = str(space.base_config_path) if space.base_config_path else None
-    try:
-        load_config(base, dict(space.base_overrides))
-    except UserError as err:
-        doc.fail(("base_config",), str(err))
-    for strategy in space.strategies:
-        overridden = {p.key for p in strategy.params}
-        sections = [("parameters", p) for p in space.params if p.key not in overridden]
-        sections += [("strategies", strategy.label, p) for p in strategy.params]
-        for corner in ("low", "high"):
-            config = {STRATEGY_KEY: strategy.label}
-            for *prefix, p in sections:
-                config[p.key] = _corner_value(p, corner)
-            trial_config = {}
-            for key, value in config.items():
-                if any(key == p.key for p in strategy.params):
-                    key = f"{CONDITIONAL_PREFIX}.{strategy.label}.{key}"
-                _set_nested(trial_config, key, value)
-            overrides = trial_overrides(trial_config, space)
-            try:
-                load_config(base, overrides)
-            except UserError as err:
-                culprit = next((s for s in sections if s[-1].key in str(err)), None)
-                path = tuple(culprit[:-1]) + (culprit[-1].key,) if culprit else ("strategies", strategy.label)
-                doc.fail(path, str(err))
-
-
-def _corner_value(p: Param, corner: str):
-    if p.kind == "fixed":
-        return p.value
-    if p.kind == "categorical":
-        return p.choices[0] if corner == "low" else p.choices[-1]
-    value = p.low if corner == "low" else p.high
-    return int(value) if p.kind == "int" else float(value)
-
-
-def _set_nested(d: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        d = d.setdefault(part, {})
-    d[leaf] = value

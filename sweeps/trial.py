@@ -7,7 +7,7 @@ Two launchers (`resources.launcher`; `auto` picks by `workers_per_trial`):
                                                       └─ TuneResults → tune.report per epoch
 
     ray_train (DDP, workers_per_trial ≥ 2)         Ray Train workers (gloo on CPU, NCCL on GPU)
-    train_driver(config) ── TorchTrainer.fit() ──►  train_worker(loop_config) on every rank
+    train_driver(config) ── TorchTrainer.fit() ──►  train_worker(TrialLoop) on every rank
          ▲                                              └─ lora_train.run_training(reporter)
          │  epoch results (metrics, checkpoint dir)          rank 0: TrialReporter.on_epoch
          └──────── ReportChannel (JSON files) ◄──────────────── ─ MetricLogger (MLflow)
@@ -23,76 +23,43 @@ barrier that every worker must call the same number of times, but `lora_train` c
 result to the trial driver, which reports it to Tune with the epoch's adapter checkpoint.
 
 Tune persists each checkpoint, and a retried trial resumes the training from it (`resume_from`).
+A one-process trial that runs out of GPU memory before its first result is retried in place with
+gradient checkpointing, then half the micro-batch (`train_fitting_memory`, `sweeps/packing.py`).
 Tune stops a trial by ending its thread only at its next report; the driver-side callback therefore
 also drops a stop marker (`mark_stopped`) that the training checks every step.
 
 The trial's MLflow child run is created idempotently (by the driver-side callback in
 `sweeps/callbacks.py` and, should that not have happened yet, here), so retries and restored
-sweeps log into the same run.
+sweeps log into the same run. The files that pass between driver and trial are described in
+`sweeps/trial_setup.py`; rank 0's reporter is `sweeps/trial_reporter.py`.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from lora_train.reporting import Reporter
-from sweeps.space import SweepSpace, trial_overrides
+from sweeps.trial_reporter import TrialReporter, TrialStopped
 
-SPOOL_FILE = "mlflow_spool.jsonl"  # the trial MetricLogger's spool, in its output dir
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-END_KEY = "__trial_end__"
-
-
-@dataclass
-class TrialSetup:
-    """Everything a trial needs besides its sampled config (passed with `tune.with_parameters`).
-
-    Attributes:
-        space: the validated sweep space.
-        cli_overrides: training-config overrides from the command line (data root, checkpoint).
-        tracking_uri: MLflow server every trial logs to (must be reachable from the workers).
-        experiment: MLflow experiment name.
-        parent_run_id: the sweep's parent run.
-        sweep_dir: the sweep's storage folder (shared storage on a multi-node cluster).
-        train_fn: `run_training`-compatible callable; None = `lora_train.train.run_training`.
-    """
-
-    space: SweepSpace
-    cli_overrides: dict
-    tracking_uri: str | None
-    experiment: str
-    parent_run_id: str | None
-    sweep_dir: str
-    train_fn: Callable | None = None
-    extra_env: dict = field(default_factory=dict)
-
-    def use_gpu(self) -> bool:
-        return self.space.gpus_per_trial > 0
-
-
-def overrides_for(config: dict, setup: TrialSetup, trial_id: str) -> dict:
-    """Dotted training-config overrides of one trial (space + CLI + per-trial output dir)."""
-    overrides = trial_overrides(config, setup.space)
-    overrides.update(setup.cli_overrides)
-    overrides["train.output_dir"] = str(trial_dir(setup, trial_id))
-    overrides["train.progress_bar"] = False
-    return overrides
-
-
-def trial_run_name(trial_id: str, overrides: dict) -> str:
-    return f"{trial_id}-{overrides.get('lora.strategy', '?')}-r{overrides.get('lora.rank', '?')}"
-
-
-# ------------------------------------------------------------------------------ Tune trainable
+OOM_RETRIES_TAG = "trial.oom_retries"
+OOM_FALLBACK_TAG = "trial.oom_fallback"
+GPU_SHARE_TAG = "trial.gpu_share"  # the GPU fraction a packed trial got (gpus_per_trial auto)
+from sweeps.trial_setup import (
+    END_KEY,
+    ReportChannel,
+    TrialLoop,
+    TrialSetup,
+    overrides_for,
+    recorded_run_id,
+    reports_dir,
+    trial_dir,
+    trial_run_name,
+)
 
 
 def train_driver(config: dict, setup: TrialSetup) -> None:
@@ -103,35 +70,91 @@ def train_driver(config: dict, setup: TrialSetup) -> None:
     """
     from ray import tune
 
+    from sweeps.console import TRIAL_LOG, trial_output
+
     trial_id = tune.get_context().get_trial_id()
+    with trial_output(trial_dir(setup, trial_id) / TRIAL_LOG):  # the trial's output, also in its folder
+        _train_trial(config, setup, trial_id)
+
+
+def _train_trial(config: dict, setup: TrialSetup, trial_id: str) -> None:
+    from ray import tune
+
     overrides = overrides_for(config, setup, trial_id)
-    run_id = open_trial_run(setup, trial_id, overrides)
     space = setup.space
-    loop_config = {
-        "overrides": overrides, "base_config": _base_path(space),
-        "resume": tune.get_checkpoint(),  # set when Tune retries this trial or restores the sweep
-        "run_id": run_id, "tracking_uri": setup.tracking_uri, "train_fn": setup.train_fn,
-        "threads": max(1, int(space.cpus_per_trial / space.workers_per_trial)),
-        "metric": space.metric, "mode": space.mode, "env": setup.extra_env,
-        "base_cache": str(Path(setup.sweep_dir) / "base_eval"),  # the frozen base, evaluated once
-    }
+    loop = TrialLoop(
+        overrides=overrides, base_config=str(space.base_config_path) if space.base_config_path else None,
+        resume=tune.get_checkpoint(),  # set when Tune retries this trial or restores the sweep
+        run_id=open_trial_run(setup, trial_id, overrides), tracking_uri=setup.tracking_uri,
+        train_fn=setup.train_fn, threads=max(1, int(space.cpus_per_trial / space.workers_per_trial)),
+        metric=space.metric, mode=space.mode, report_metrics=space.criteria.metrics,
+        base_cache=str(Path(setup.sweep_dir) / "base_eval"),  # the frozen base, evaluated once
+    )
     if space.runs_in_trial():
-        results = TuneResults(space.metric, reports_dir(overrides["train.output_dir"]))
+        results = TuneResults(space.criteria.metrics, reports_dir(overrides["train.output_dir"]))
         results.stop_file.unlink(missing_ok=True)  # left by an earlier attempt of this trial
+        tags = {}
+        if space.pack_gpus:  # the share Ray granted (sweeps.packing.PackedResources)
+            tags[GPU_SHARE_TAG] = f"{tune.get_context().get_trial_resources().required_resources.get('GPU', 0):g}"
         try:
-            train_worker(loop_config, rank=0, results=results)
+            train_fitting_memory(loop, results, tags=tags)
         except TrialStopped:  # Tune stopped this trial (ASHA) or hands the actor to the next one
             pass
         return
-    _drive_train_run(loop_config, setup, trial_id)
+    _drive_train_run(loop, setup, trial_id)
 
 
-def _drive_train_run(loop_config: dict, setup: TrialSetup, trial_id: str) -> None:
+class TrialOutOfMemory(RuntimeError):
+    """The trial ran out of GPU memory even with the smaller settings of `sweeps.packing.oom_fallback`."""
+
+
+def train_fitting_memory(loop: TrialLoop, results: "TuneResults", tags: dict | None = None) -> None:
+    """`train_worker` in this process; a CUDA out-of-memory error before the first epoch's result is
+    retried here with `sweeps.packing.oom_fallback`'s smaller settings, at most `MAX_OOM_RETRIES`
+    times, then raised as `TrialOutOfMemory` (one line: the trial ends failed with it). The run is
+    tagged `trial.oom_retries` (and, after a retry, `trial.oom_fallback`: the overrides that fit).
+
+    A later out-of-memory error (after an epoch went to Tune) is raised as it is: a restart from
+    scratch would report epochs twice; Tune's own retry resumes from the checkpoint.
+    """
+    import torch
+
+    from lora_train.config import load_config
+    from lora_train.runtime import resolve_device
+    from lora_train.train import release_memory
+    from sweeps.packing import MAX_OOM_RETRIES, oom_fallback
+
+    changes, retries = {}, 0
+    while True:
+        attempt_tags = {**(tags or {}), OOM_RETRIES_TAG: str(retries)}
+        if changes:
+            attempt_tags[OOM_FALLBACK_TAG] = ", ".join(f"{k}={v}" for k, v in changes.items())
+        attempt = dataclasses.replace(loop, overrides={**loop.overrides, **changes})
+        try:
+            train_worker(attempt, rank=0, results=results, tags=attempt_tags)
+            return
+        except torch.cuda.OutOfMemoryError as err:
+            if results.epochs_reported:
+                raise
+            error = f"{err}".strip().splitlines()[0] if str(err).strip() else "CUDA out of memory"
+        config = load_config(attempt.base_config, attempt.overrides)  # outside the except: the run's frames are gone
+        release_memory(resolve_device(config.train.device))
+        fallback = oom_fallback(config) if retries < MAX_OOM_RETRIES else None
+        if fallback is None:
+            raise TrialOutOfMemory(
+                f"out of GPU memory with gradient checkpointing {config.model.gradient_checkpointing} and micro-batch "
+                f"{config.data.batch_size} after {retries} retr{'y' if retries == 1 else 'ies'}: {error}")
+        print(f"out of GPU memory ({error}); retrying with {fallback}", flush=True)
+        changes.update(fallback)
+        retries += 1
+
+
+def _drive_train_run(loop: TrialLoop, setup: TrialSetup, trial_id: str) -> None:
     """Run the trial as a Ray Train run of `workers_per_trial` DDP workers; forward rank 0's epochs."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    reports = ReportChannel(reports_dir(loop_config["overrides"]["train.output_dir"]))
+    reports = ReportChannel(reports_dir(loop.overrides["train.output_dir"]))
     reports.skip_existing()  # left by an earlier attempt of this trial
     (reports.directory / ReportChannel.STOP).unlink(missing_ok=True)
     reports.beat()
@@ -142,7 +165,7 @@ def _drive_train_run(loop_config: dict, setup: TrialSetup, trial_id: str) -> Non
         per_worker["GPU"] = space.gpus_per_trial / workers
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={**loop_config, "reports": str(reports.directory)},
+        train_loop_config=dataclasses.replace(loop, reports=str(reports.directory)),
         torch_config=TorchConfig(backend="nccl" if setup.use_gpu() else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=setup.use_gpu(), resources_per_worker=per_worker
@@ -164,7 +187,7 @@ def _drive_train_run(loop_config: dict, setup: TrialSetup, trial_id: str) -> Non
     thread = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
     thread.start()
     try:
-        _forward_reports(reports, thread, space.metric)
+        _forward_reports(reports, thread, space.criteria.metrics)
     except BaseException:  # Tune stops the trial (ASHA) by ending this thread: stop the workers too
         reports.stop()
         raise
@@ -173,9 +196,9 @@ def _drive_train_run(loop_config: dict, setup: TrialSetup, trial_id: str) -> Non
         raise errors[0]
 
 
-def _forward_reports(reports: "ReportChannel", thread: threading.Thread, metric: str) -> None:
+def _forward_reports(reports: "ReportChannel", thread: threading.Thread, metrics: tuple[str, ...]) -> None:
     """Report rank 0's epoch results to Tune as they arrive, until the Train run ends."""
-    tune_side = TuneResults(metric, reports.directory)
+    tune_side = TuneResults(metrics, reports.directory)
     while True:
         alive = thread.is_alive()
         reports.beat()
@@ -188,30 +211,15 @@ def _forward_reports(reports: "ReportChannel", thread: threading.Thread, metric:
         time.sleep(0.2)
 
 
-def reports_dir(output_dir) -> Path:
-    """The trial's report folder: epoch results (Train runs) and the driver's stop marker."""
-    return Path(output_dir) / "reports"
-
-
-def mark_stopped(setup: TrialSetup, trial_id: str) -> None:
-    """Called on the sweep driver when Tune has ended a trial: its training stops at the next step.
-
-    Tune ends a stopped function trainable only when it reuses or kills its process, which may
-    be a while later; until then, nothing would stop the training from going on.
-    """
-    directory = reports_dir(trial_dir(setup, trial_id))
-    if directory.is_dir():
-        (directory / ReportChannel.STOP).touch()
-
-
 class TuneResults:
     """Epoch results straight to Tune, from the trial's own thread (rank 0 of an in-trial run, or
     the driver of a Train run)."""
 
-    def __init__(self, metric: str, directory: Path):
-        self.metric = metric
+    def __init__(self, metrics: tuple[str, ...], directory: Path):
+        self.metrics = metrics  # the sweep's criteria: Tune wants them in every result
         self.stop_file = Path(directory) / ReportChannel.STOP
         self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        self.epochs_reported = 0
 
     def put(self, item: dict) -> None:
         from ray import tune
@@ -219,95 +227,24 @@ class TuneResults:
         item = dict(item)
         if END_KEY in item:
             if item[END_KEY] == "diverged":  # one last result so the driver side knows why
-                tune.report({self.metric: float("nan"), "train_status": "diverged",
+                tune.report({**dict.fromkeys(self.metrics, float("nan")), "train_status": "diverged",
                              "stop_reason": item.get("reason", "")})
             return
         checkpoint_dir = item.pop("checkpoint_dir", None)
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(item, checkpoint=checkpoint)
+        self.epochs_reported += 1
 
     def driver_gone(self) -> bool:
         """Has Tune stopped this trial? Tune reports asynchronously, so a stopped function trainable
         learns it from the driver's marker (`mark_stopped`) or its session's stop event (set when
         Tune hands the process to the next trial, which it waits 2 s for before killing it)."""
-        from ray.train._internal.session import get_session  # the session Tune runs trainables in
+        from ray.train._internal.session import (
+            get_session,  # the session Tune runs trainables in
+        )
 
         stop_event = getattr(get_session(), "stop_event", None)
         return (stop_event is not None and stop_event.is_set()) or self.stop_file.exists()
-
-
-class ReportChannel:
-    """Epoch results from rank 0 to the trial driver: one JSON file per result, read in order.
-
-    A folder in the trial's output dir (on shared storage in a multi-node cluster) instead of a
-    queue actor: no extra process per trial, and nothing is lost if the reader is slow.
-    """
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.seen: set[str] = set()
-
-    HEARTBEAT = "driver.heartbeat"
-    STOP = "driver.stopped"
-    STALE_AFTER_S = 10.0
-
-    def stop(self) -> None:
-        """Called by the trial driver when Tune stops it: the workers end their training."""
-        try:
-            (self.directory / self.STOP).touch()
-        except OSError:
-            pass
-
-    def beat(self) -> None:
-        """Called by the trial driver: it is alive (ASHA kills it; then its workers must stop)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / self.HEARTBEAT).touch()
-
-    def driver_gone(self) -> bool:
-        if (self.directory / self.STOP).exists():
-            return True
-        try:
-            age = time.time() - (self.directory / self.HEARTBEAT).stat().st_mtime
-        except FileNotFoundError:
-            return False
-        return age > self.STALE_AFTER_S
-
-    def skip_existing(self) -> None:
-        if self.directory.is_dir():
-            self.seen.update(p.name for p in self.directory.glob("*.json"))
-
-    def put(self, item: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{time.time_ns():020d}-{os.getpid()}.json"
-        tmp = self.directory / f".{name}.tmp"
-        tmp.write_text(json.dumps(item))
-        tmp.replace(self.directory / name)
-
-    def read_new(self) -> list[dict]:
-        if not self.directory.is_dir():
-            return []
-        new = sorted(p for p in self.directory.glob("*.json") if p.name not in self.seen)
-        items = []
-        for path in new:
-            self.seen.add(path.name)
-            items.append(json.loads(path.read_text()))
-        return items
-
-
-RUN_ID_FILE = "mlflow_run_id"  # in the trial's output dir, written by the driver-side callback
-
-
-def trial_dir(setup: TrialSetup, trial_id: str) -> Path:
-    return Path(setup.sweep_dir) / "trials" / trial_id
-
-
-def record_run_id(setup: TrialSetup, trial_id: str, run_id: str) -> None:
-    """Driver side: leave the trial's run id where the trial finds it without asking MLflow."""
-    directory = trial_dir(setup, trial_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{RUN_ID_FILE}.tmp"
-    tmp.write_text(run_id)
-    tmp.replace(directory / RUN_ID_FILE)
 
 
 def open_trial_run(setup: TrialSetup, trial_id: str, overrides: dict) -> str | None:
@@ -319,57 +256,51 @@ def open_trial_run(setup: TrialSetup, trial_id: str, overrides: dict) -> str | N
     """
     if setup.parent_run_id is None:
         return None
-    recorded = trial_dir(setup, trial_id) / RUN_ID_FILE
-    if recorded.is_file():
-        return recorded.read_text().strip()
+    recorded = recorded_run_id(setup, trial_id)
+    if recorded:
+        return recorded
     from tracking.runs import SweepTracker
 
     tracker = SweepTracker(setup.tracking_uri, setup.experiment, parent_run_id=setup.parent_run_id)
     return tracker.open_trial(trial_id, params=overrides, run_name=trial_run_name(trial_id, overrides))
 
 
-def _base_path(space: SweepSpace) -> str | None:
-    return str(space.base_config_path) if space.base_config_path else None
-
-
-# ------------------------------------------------------------------------------ Train workers
-
-
-def train_worker(loop_config: dict, rank: int | None = None, results=None) -> None:
+def train_worker(loop: TrialLoop, rank: int | None = None, results=None, tags: dict | None = None) -> None:
     """Build the config, train, report epochs from rank 0.
 
     Runs on every Ray Train worker (`rank`/`results` from the Train context and the report
     channel) or, for an in-trial run, in the trial itself (rank 0, results straight to Tune).
+    `tags` go on the trial's MLflow run.
     """
     import torch
 
+    from lora_train.checkpointing import TRAINER_STATE, load_trainer_state
     from lora_train.config import load_config
 
-    for key, value in (loop_config.get("env") or {}).items():
-        os.environ[key] = str(value)
-    torch.set_num_threads(loop_config["threads"])
+    torch.set_num_threads(loop.threads)
     if rank is None:
         import ray.train
 
         rank = ray.train.get_context().get_world_rank()
-        results = ReportChannel(Path(loop_config["reports"]))
-    config = load_config(loop_config["base_config"], loop_config["overrides"])
+        results = ReportChannel(Path(loop.reports))
+    config = load_config(loop.base_config, loop.overrides)
 
-    resume_from = None
-    checkpoint = loop_config["resume"]
-    if checkpoint is not None:  # every rank needs the adapter and trainer state
+    resume_from, resumed = None, None
+    if loop.resume is not None:  # every rank needs the adapter and trainer state
         resume_from = tempfile.mkdtemp(prefix="resume-")
-        checkpoint.to_directory(resume_from)
+        loop.resume.to_directory(resume_from)
+        if (Path(resume_from) / TRAINER_STATE).is_file():  # a stand-in trainer keeps its own state
+            resumed = load_trainer_state(resume_from)
 
     reporter: Reporter = Reporter()
     if rank == 0:
         reporter = TrialReporter(
-            results, loop_config["tracking_uri"], loop_config["run_id"],
-            spool_dir=Path(config.train.output_dir), metric=loop_config["metric"],
-            mode=loop_config["mode"], overrides=loop_config["overrides"], final_epoch=config.train.epochs,
-            base_cache=loop_config.get("base_cache"),
+            results, loop.tracking_uri, loop.run_id, output_dir=Path(config.train.output_dir),
+            metric=loop.metric, mode=loop.mode, final_epoch=config.train.epochs, base_cache=loop.base_cache,
+            report_metrics=loop.report_metrics,
+            resumed=resumed or ({} if resume_from else None), tags=tags,
         )
-    train_fn = loop_config["train_fn"]
+    train_fn = loop.train_fn
     if train_fn is None:
         from lora_train.train import run_training as train_fn
     try:
@@ -379,185 +310,3 @@ def train_worker(loop_config: dict, rank: int | None = None, results=None) -> No
             reporter.close()
         if resume_from:
             shutil.rmtree(resume_from, ignore_errors=True)
-
-
-class TrialStopped(Exception):
-    """Raised in rank 0's reporter when the trial driver is gone, to end orphaned training."""
-
-
-class TrialReporter(Reporter):
-    """Rank 0's reporter: epochs → the trial driver (→ Tune, ASHA); steps/epochs/files → MLflow.
-
-    MLflow gets every step's metrics, every epoch's validation metrics and adapter
-    (`adapter/`), the resolved `config.yaml`, and `eval/metrics.json` + `eval/visualizations/*.png`
-    of the best epoch. Tracking problems never fail the trial (the logger spools and replays).
-
-    `results` takes the epoch results: a `ReportChannel` (Ray Train worker → trial driver) or
-    `TuneResults` (in-trial run). After the last epoch (`final_epoch`) and before its result goes
-    out, the best adapter is compared with the frozen base: Tune ends a trial as soon as it
-    reports its last epoch, so nothing may come after that report.
-    """
-
-    def __init__(self, results, tracking_uri, run_id, spool_dir: Path, metric: str, mode: str,
-                 overrides: dict, final_epoch: int | None = None, base_cache: str | None = None):
-        self.results = results
-        self.stopped = False
-        self.run_id = run_id
-        self.metric, self.mode = metric, mode
-        self.final_epoch = final_epoch
-        self.base_cache = base_cache
-        self.best_value = None
-        self.best_epoch = None
-        self.logged_params = False
-        self.overrides = overrides
-        self.output_dir = spool_dir
-        self.logger = None
-        if run_id is not None:
-            from tracking.logger import MetricLogger
-
-            spool_dir.mkdir(parents=True, exist_ok=True)
-            self.logger = MetricLogger(
-                tracking_uri, run_id, spool_path=str(spool_dir / SPOOL_FILE),
-                best={metric: mode, "val/abs_rel": "min"},
-            )
-
-    def _check_driver(self) -> None:
-        if self.results.driver_gone():  # the trial was stopped (ASHA) or its driver died
-            self.stopped = True
-            raise TrialStopped("the trial's driver is gone (stopped by the scheduler); stopping training")
-
-    def on_step(self, step: int, metrics: dict) -> None:
-        self._check_driver()
-        if self.logger:
-            self.logger.log_metrics(_numeric(metrics), step=step)
-
-    def on_epoch(self, epoch: int, metrics: dict, checkpoint_dir: str | None) -> None:
-        self._check_driver()
-        metrics = _numeric(metrics)
-        value = metrics.get(self.metric)
-        improved = value is not None and value == value and checkpoint_dir is not None and self._is_better(value)
-        if improved:
-            self.best_value, self.best_epoch = value, epoch
-        if self.logger:
-            self._log_epoch(epoch, metrics, checkpoint_dir, improved)
-        if epoch == self.final_epoch:
-            self.compare_with_base()
-        # Tune needs the metric in every result; NaN makes ASHA stop a broken trial.
-        report = {**metrics, "epoch": epoch}
-        report.setdefault(self.metric, float("nan"))
-        if checkpoint_dir:
-            report["checkpoint_dir"] = checkpoint_dir
-        self.results.put(report)
-
-    def _log_epoch(self, epoch, metrics, checkpoint_dir, improved: bool):
-        step = int(metrics.get("step", epoch))
-        self.logger.log_metrics({k: v for k, v in metrics.items() if k not in ("step",)}, step=step)
-        if not self.logged_params and checkpoint_dir:
-            self.logger.log_params({"lora.trainable_params": adapter_param_count(checkpoint_dir)})
-            config_yaml = self.output_dir / "config.yaml"
-            if config_yaml.is_file():
-                self.logger.log_artifacts(str(_single_file_dir(config_yaml)), "")
-            self.logged_params = True
-        if checkpoint_dir:
-            with tempfile.TemporaryDirectory() as tmp:
-                for name in ADAPTER_FILES:
-                    if (Path(checkpoint_dir) / name).is_file():
-                        shutil.copy2(Path(checkpoint_dir) / name, Path(tmp) / name)
-                self.logger.log_artifacts(tmp, "adapter")
-        if improved:
-            self._log_eval(epoch, metrics, checkpoint_dir)
-        self.logger.flush()
-
-    def _is_better(self, value: float) -> bool:
-        if self.best_value is None:
-            return True
-        return value < self.best_value if self.mode == "min" else value > self.best_value
-
-    def _log_eval(self, epoch, metrics, checkpoint_dir):
-        """`eval/metrics.json` and `eval/visualizations/*.png` of the best epoch so far."""
-        with tempfile.TemporaryDirectory() as tmp:
-            eval_dir = Path(tmp)
-            record = {"epoch": epoch, "checkpoint": str(checkpoint_dir),
-                      "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")}}
-            (eval_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-            for png_dir in (Path(checkpoint_dir) / "visualizations", self.output_dir / "visualizations"):
-                if png_dir.is_dir():
-                    shutil.copytree(png_dir, eval_dir / "visualizations", dirs_exist_ok=True)
-                    break
-            self.logger.log_artifacts(str(eval_dir), "eval")
-
-    def on_end(self, status: str, reason: str = "") -> None:
-        if self.stopped:  # the driver side has closed the run already
-            return
-        if self.logger:
-            self.logger.set_tags({"trial.train_status": status, **({"trial.stop_reason": reason}
-                                                                   if status != "completed" else {})})
-            self.logger.flush()
-        self.results.put({END_KEY: status, "reason": reason})
-
-    def compare_with_base(self) -> None:
-        """After the last epoch: evaluate the best adapter against the frozen base (with PNGs).
-
-        Writes `<output_dir>/eval/metrics.json` (base and adapter) + `visualizations/*.png` and
-        logs them as the run's `eval/` artifacts, plus `eval/base_abs_rel`, `eval/adapter_abs_rel`.
-        """
-        epoch = self.best_epoch
-        checkpoint = self.output_dir / "checkpoints" / f"epoch_{int(epoch):04d}" if epoch else None
-        if checkpoint is None or not (checkpoint / "adapter_config.json").is_file():
-            return
-        from lora_train.evaluate import main as evaluate
-
-        eval_dir = self.output_dir / "eval"
-        try:  # the trial's result stands even if this extra evaluation fails
-            evaluate(["--adapter", str(checkpoint), "--compare-base", "--out", str(eval_dir)]
-                     + (["--base-cache", self.base_cache] if self.base_cache else []))
-            results = json.loads((eval_dir / "metrics.json").read_text()).get("results", {})
-        except (Exception, SystemExit) as err:
-            print(f"final evaluation of {checkpoint} failed: {err!r}", flush=True)
-            return
-        if self.logger:
-            self.logger.log_metrics({f"eval/{label}_{key}": value for label, values in results.items()
-                                     for key, value in values.items() if key in ("abs_rel", "delta1", "tau103")},
-                                    step=int(epoch))
-            self.logger.log_artifacts(str(eval_dir), "eval")
-
-    def close(self) -> None:
-        if self.logger:
-            try:
-                self.logger.flush()
-                self.logger.close()
-            except Exception:  # tracking must never fail a trial
-                pass
-
-
-def adapter_param_count(checkpoint_dir: str) -> int:
-    """Number of trainable parameters saved in a PEFT adapter file."""
-    from safetensors import safe_open
-
-    total = 0
-    path = Path(checkpoint_dir) / "adapter_model.safetensors"
-    if not path.is_file():
-        return 0
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            n = 1
-            for d in f.get_slice(key).get_shape():
-                n *= d
-            total += n
-    return total
-
-
-def _single_file_dir(path: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix="artifact-"))
-    shutil.copy2(path, tmp / path.name)
-    return tmp
-
-
-def _numeric(metrics: dict) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool):
-            v = float(v)
-        if isinstance(v, (int, float)):
-            out[k] = float(v)
-    return out

@@ -1,6 +1,5 @@
 """Shared test setup. Fixtures live in tests/plugins/, one module per area."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,14 +9,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 pytest_plugins = [
+    "pytester",
     "tests.plugins.data_fixtures",
     "tests.plugins.mlflow_fixtures",
+    "tests.plugins.postgres_fixtures",
     "tests.plugins.ray_fixtures",
 ]
-
-
-def _shared_dir() -> Path:
-    return Path(os.environ.get("VGGT_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +23,11 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's shared/ folder (reference docs and ground-truth fixtures)."""
-    path = _shared_dir()
-    if not (path / "fixtures").is_dir():
-        pytest.fail(f"shared fixtures not found at {path}; set VGGT_SHARED_DIR", pytrace=False)
-    return path
+def fixtures_dir() -> Path:
+    """Reference data made with the upstream implementation (tests/fixtures/, in the repository)."""
+    return REPO_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def vggt_fixtures(shared_dir) -> Path:
-    return shared_dir / "fixtures" / "vggt"
+def vggt_fixtures(fixtures_dir) -> Path:
+    return fixtures_dir / "vggt"

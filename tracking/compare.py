@@ -7,19 +7,27 @@ CLI:
 Prints the leaderboard, writes `leaderboard.csv`, `leaderboard.md`, `val_abs_rel_curves.png`,
 `pareto_trainable_params.png`, `pareto_cost.png` to `--out`, and logs them to the parent run
 under `comparison/`. The sweep calls `build_leaderboard` / `write_leaderboard` / `write_plots`.
+
+A row is a search trial; its score is a single seed's ("best val AbsRel (search, single seed)"). A
+configuration the sweep confirmed (sweeps/confirm.py: trained again with new seeds) also shows
+the mean AbsRel over its confirm runs and its mean change against the frozen base, each with its
+95 % interval (the `confirm/*` metrics of its run); confirmed rows rank first, by that mean. The
+confirm runs themselves are not rows.
 """
 
 import csv
 import io
 import math
-import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tracking.errors import ArgumentParser, TrackingError, cli_main
+from tracking.layout import CONFIRM_METRIC_PREFIX, PHASE_TAG, STATUS_TAG, TRIAL_ID_TAG, WINDOWS_HASH_TAG
 from tracking.params import finite_or_none
-from tracking.runs import STATUS_TAG, TRIAL_ID_TAG, SweepTracker
+from tracking.runs import SweepTracker
 from tracking.server import resolve_tracking_uri
+from vggt_common.files import atomic_write
 
 # (row key, column title) in leaderboard order.
 COLUMNS = [
@@ -28,7 +36,10 @@ COLUMNS = [
     ("strategy", "strategy"),
     ("lora_rank", "r"),
     ("lr", "lr"),
-    ("best_val_abs_rel", "best val AbsRel"),
+    ("best_val_abs_rel", "best val AbsRel (search, single seed)"),
+    ("confirm_abs_rel", "confirmed AbsRel [95 % CI]"),
+    ("confirm_delta", "confirmed − base [95 % CI]"),
+    ("confirm_runs", "seeds"),
     ("delta1", "δ1"),
     ("trainable_params", "trainable params"),
     ("cost", "cost"),
@@ -39,15 +50,45 @@ COLUMNS = [
 ]
 
 
-def build_leaderboard(tracker: SweepTracker) -> list[dict]:
-    """One row per trial of the tracker's sweep, best validation AbsRel first (rank 1).
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its interval (bounds None where not finite, e.g. over a single scene)."""
 
-    `best_val_abs_rel` is the minimum of the `val/abs_rel` history and `delta1` is `val/delta1`
-    at that same step; `curve` holds `[(x, val/abs_rel), ...]` for plotting, x being the `epoch`
-    metric logged at that step (`curve_x == "epoch"`) or else the step itself.
+    mean: float
+    low: float | None
+    high: float | None
+
+    def __str__(self) -> str:
+        low, high = ("–" if v is None else f"{v:.4f}" for v in (self.low, self.high))
+        return f"{self.mean:.4f} [{low}, {high}]"
+
+
+def build_leaderboard(tracker: SweepTracker, skipped: list | None = None) -> list[dict]:
+    """One row per search trial of the tracker's sweep: confirmed configurations first by their
+    mean over their confirm runs, then the others by best validation AbsRel (rank 1 is the best).
+
+    `best_val_abs_rel` is the minimum of the `val/abs_rel` history (one seed) and `delta1` is
+    `val/delta1` at that same step; `curve` holds `[(epoch, val/abs_rel), ...]` (per-epoch metrics
+    are logged at step = epoch) for plotting. `confirm_abs_rel` and `confirm_delta` (`Estimate`s)
+    and `confirm_runs` are set on confirmed configurations, else None.
+
+    Only runs scored on the sweep's validation windows are ranked: when the parent run has a
+    `val.windows_hash`, a scored run with another hash (or none) is left out and appended to
+    `skipped` (if given), so nothing is compared across different windows.
     """
-    rows = [_trial_row(tracker, run) for run in tracker.trial_runs()]
-    rows.sort(key=lambda r: (r["best_val_abs_rel"] is None, r["best_val_abs_rel"] or 0.0,
+    expected = tracker.get_run(tracker.require_parent()).data.tags.get(WINDOWS_HASH_TAG)
+    rows = []
+    for run in tracker.trial_runs():
+        if run.data.tags.get(PHASE_TAG, "search") != "search":  # a confirm run: summarised on its row
+            continue
+        row = _trial_row(tracker, run)
+        if expected is not None and row["best_val_abs_rel"] is not None and row["windows_hash"] != expected:
+            if skipped is not None:
+                skipped.append(row)
+            continue
+        rows.append(row)
+    rows.sort(key=lambda r: (r["confirm_abs_rel"] is None, getattr(r["confirm_abs_rel"], "mean", 0.0),
+                             r["best_val_abs_rel"] is None, r["best_val_abs_rel"] or 0.0,
                              r["cost"] if r["cost"] is not None else math.inf))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -58,7 +99,6 @@ def _trial_row(tracker: SweepTracker, run) -> dict:
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     run_id = run.info.run_id
     abs_rel = {m.step: m.value for m in tracker.metric_history(run_id, "val/abs_rel")}
-    epoch_of = {m.step: m.value for m in tracker.metric_history(run_id, "epoch")} if "epoch" in metrics else {}
     finite = {s: v for s, v in abs_rel.items() if finite_or_none(v) is not None}
     best_step = min(finite, key=finite.get) if finite else None
     delta1 = None
@@ -80,22 +120,44 @@ def _trial_row(tracker: SweepTracker, run) -> dict:
         "cost_unit": {"cost/gpu_seconds": "gpu_s", "cost/cpu_seconds": "cpu_s"}[cost_key] if cost_key in metrics else "",
         "epochs": len(abs_rel),
         "status": tags.get(STATUS_TAG, run.info.status.lower()),
-        "curve": sorted((epoch_of.get(s, s), v) for s, v in abs_rel.items()),
-        "curve_x": "epoch" if epoch_of else "step",
+        "curve": sorted(abs_rel.items()),
+        "windows_hash": tags.get(WINDOWS_HASH_TAG),
+        "confirm_abs_rel": _estimate(metrics, "abs_rel"),
+        "confirm_delta": _estimate(metrics, "abs_rel_delta"),
+        "confirm_runs": int(metrics[CONFIRM_METRIC_PREFIX + "num_runs"]) if CONFIRM_METRIC_PREFIX + "num_runs"
+        in metrics else None,
     }
 
 
+def _estimate(metrics: dict, name: str) -> Estimate | None:
+    """`confirm/<name>` with its `_ci_low`/`_ci_high` bounds, or None (not confirmed)."""
+    key = CONFIRM_METRIC_PREFIX + name
+    if finite_or_none(metrics.get(key)) is None:
+        return None
+    return Estimate(metrics[key], finite_or_none(metrics.get(key + "_ci_low")),
+                    finite_or_none(metrics.get(key + "_ci_high")))
+
+
 def write_leaderboard(rows: list[dict], out_dir) -> tuple[Path, Path]:
-    """Write `leaderboard.csv` and `leaderboard.md` to `out_dir`; return their paths."""
+    """Write `leaderboard.csv` (an `Estimate` as three columns: `<key>`, `<key>_ci_low`,
+    `<key>_ci_high`) and `leaderboard.md` to `out_dir`; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    estimates = ("confirm_abs_rel", "confirm_delta")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([key for key, _ in COLUMNS])
+    writer.writerow([name for key, _ in COLUMNS
+                     for name in ((key, f"{key}_ci_low", f"{key}_ci_high") if key in estimates else (key,))])
     for row in rows:
-        writer.writerow(["" if row.get(key) is None else row[key] for key, _ in COLUMNS])
-    csv_path = _write_atomic(out_dir / "leaderboard.csv", buffer.getvalue())
-    md_path = _write_atomic(out_dir / "leaderboard.md", format_leaderboard(rows) + "\n")
+        cells = []
+        for key, _ in COLUMNS:
+            value = row.get(key)
+            parts = (value.mean, value.low, value.high) if isinstance(value, Estimate) else \
+                (None, None, None) if key in estimates else (value,)
+            cells += ["" if v is None else v for v in parts]
+        writer.writerow(cells)
+    csv_path = atomic_write(out_dir / "leaderboard.csv", buffer.getvalue())
+    md_path = atomic_write(out_dir / "leaderboard.md", format_leaderboard(rows) + "\n")
     return csv_path, md_path
 
 
@@ -125,8 +187,7 @@ def write_plots(rows: list[dict], out_dir) -> list[Path]:
         if row["curve"]:
             xs, ys = zip(*row["curve"])
             ax.plot(xs, ys, marker="o", label=f"#{row['rank']} {row['run_name']} ({row['status']})")
-    x_label = "epoch" if all(row["curve_x"] == "epoch" for row in rows if row["curve"]) else "step"
-    ax.set(xlabel=x_label, ylabel="val AbsRel (lower is better)", title="Validation AbsRel per trial")
+    ax.set(xlabel="epoch", ylabel="val AbsRel (lower is better)", title="Validation AbsRel per trial")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if any(row["curve"] for row in rows):
@@ -170,7 +231,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def compare(tracker: SweepTracker, out_dir, log_to_parent: bool = True,
             rows: list[dict] | None = None) -> tuple[list[dict], list[Path]]:
     """Build the leaderboard (unless given), write files and plots, log them to the parent run."""
-    rows = build_leaderboard(tracker) if rows is None else rows
+    if rows is None:
+        skipped = []
+        rows = build_leaderboard(tracker, skipped)
+        if skipped:
+            print(f"left out of the leaderboard: {len(skipped)} run(s) scored on other validation windows "
+                  f"({', '.join(r['run_name'] for r in skipped)})", flush=True)
     files = [*write_leaderboard(rows, out_dir), *write_plots(rows, out_dir)]
     if log_to_parent:
         for path in files:
@@ -196,6 +262,8 @@ def _number(text):
 def _fmt(key: str, value) -> str:
     if value is None or value == "":
         return "–"
+    if isinstance(value, Estimate):
+        return str(value)
     if key in ("best_val_abs_rel", "delta1") and isinstance(value, float):
         return f"{value:.4f}"
     if key == "lr" and isinstance(value, float):
@@ -210,18 +278,9 @@ def _fmt(key: str, value) -> str:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(path.stem + ".tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
     return path
 
 
@@ -234,7 +293,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output directory (default: ./comparison/<experiment>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
     args = parser.parse_args(argv)
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri, start=False)
     tracker = SweepTracker(uri, args.experiment, parent_run_id=args.parent_run_id, create=False)
     if args.parent_run_id:
         tracker.get_run(args.parent_run_id)

@@ -37,6 +37,7 @@ from tracking.params import (
     truncate,
 )
 from tracking.server import validate_tracking_uri
+from vggt_common.files import atomic_write
 
 _log = logging.getLogger(__name__)
 
@@ -202,10 +203,6 @@ class MetricLogger:
     def __exit__(self, *exc):
         self.close()
 
-    @property
-    def pending_in_spool(self) -> bool:
-        return self._spooled
-
     # ---- the sender thread ----
 
     def _append(self, record: dict) -> None:
@@ -316,6 +313,15 @@ class MetricLogger:
                 best = self._best_values[key] = value
             entries.append([best_metric_name(key), best, timestamp, step])
         return entries
+
+    def latest_steps(self) -> dict[str, int] | None:
+        """`{metric: highest step logged}` of the run on the server (MLflow's latest value of a
+        metric is the one at its highest step); None while the server is unreachable. A resumed
+        trial uses it to log every (metric, step) exactly once."""
+        status, payload = self._request("GET", GET_RUN_ENDPOINT, params={"run_id": self.run_id})
+        if status != 200:
+            return None
+        return {m["key"]: int(m.get("step", 0)) for m in payload.get("run", {}).get("data", {}).get("metrics", [])}
 
     def _seed_best(self) -> bool:
         """Start best-so-far values from the run's logged `best/*` metrics (restarted trials)."""
@@ -435,12 +441,7 @@ def _read_spool(path: Path) -> list[dict]:
 
 
 def _rewrite_spool(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records), fsync=True)
 
 
 def _is_connection_error(err: Exception) -> bool:

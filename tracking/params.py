@@ -8,7 +8,7 @@ table, filters and parallel-coordinates plot show.
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 _log = logging.getLogger(__name__)
 
@@ -62,11 +62,6 @@ def truncate(name: str, text: str, limit: int) -> str:
 def best_metric_name(key: str) -> str:
     """`val/abs_rel` → `best/val_abs_rel` (MLflow keeps only the latest value of a metric)."""
     return key if key.startswith("best/") else "best/" + key.replace("/", "_")
-
-
-def chunked(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def batches(metrics: list, params: list, tags: list) -> Iterable[tuple[list, list, list]]:

@@ -1,13 +1,4 @@
-"""The run layout every other part and the MLflow UI rely on.
-
-    experiment  <sweep name>
-    └─ parent run  (tag sweep.role=parent, sweep.name)   params space.<dotted>, artifact space.yaml,
-       │                                                 tag best.run_id, metrics best/*, leaderboard/*
-       └─ child run per trial (sweep.role=trial, mlflow.parentRunId, ray.trial_id)
-            params lora.*, optim.*, ..., lora.trainable_params
-            metrics train/*, val/*, best/val_abs_rel, cost/*, time/step_s
-            tags trial.status ∈ completed|early_stopped|failed|diverged, trial.stop_reason
-            artifacts adapter/, eval/metrics.json, eval/visualizations/*.png, config.yaml
+"""Creates and finds the runs of a sweep on an MLflow server (the layout: `tracking.layout`).
 
 Runs are found by tags, never remembered only in memory: opening the same parent or trial twice
 (a restarted driver, a retried trial) returns the same run.
@@ -22,22 +13,32 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from tracking import ui
 from tracking.errors import TrackingError
-from tracking.params import MAX_TAG_VALUE_LENGTH, batches, best_metric_name, flatten_params, truncate
+from tracking.layout import (
+    BEST_RUN_TAG,
+    CHAMPION_ALIAS,
+    EXPERIMENT_KIND_TAG,
+    PARENT_TAG,
+    REASON_TAG,
+    ROLE_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_ID_TAG,
+    SWEEP_STATUS_TAG,
+    WINDOWS_HASH_TAG,
+    validation_params,
+)
+from tracking.params import (
+    MAX_TAG_VALUE_LENGTH,
+    batches,
+    best_metric_name,
+    flatten_params,
+    truncate,
+)
 from tracking.server import is_healthy, validate_tracking_uri
 
 _log = logging.getLogger(__name__)
-
-ROLE_TAG = "sweep.role"
-SWEEP_TAG = "sweep.name"
-TRIAL_ID_TAG = "ray.trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-STATUS_TAG = "trial.status"
-REASON_TAG = "trial.stop_reason"
-BEST_RUN_TAG = "best.run_id"
-CHAMPION_ALIAS = "champion"
-# Makes the UI open the experiment in its "Model training" (runs table) view, not the GenAI one.
-EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 # trial.status → MLflow run status.
 TRIAL_STATUSES = {
@@ -45,7 +46,15 @@ TRIAL_STATUSES = {
     "early_stopped": RunStatus.to_string(RunStatus.KILLED),
     "failed": RunStatus.to_string(RunStatus.FAILED),
     "diverged": RunStatus.to_string(RunStatus.FAILED),
+    "interrupted": RunStatus.to_string(RunStatus.KILLED),
 }
+
+
+def check_experiment(tracking_uri: str, name: str) -> None:
+    """`TrackingError` if experiment `name` exists on the server but is deleted; creates nothing."""
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage != "active":
+        raise TrackingError(f"experiment {name!r} is deleted on {tracking_uri}; restore it or pick another name")
 
 
 class SweepTracker:
@@ -86,6 +95,8 @@ class SweepTracker:
             raise TrackingError(f"parent run {run.info.run_id} belongs to another experiment than {self.experiment!r}")
         self.parent_run_id = run.info.run_id
         self._reopen(run)
+        if run.data.tags.get(SWEEP_STATUS_TAG):
+            self.client.delete_tag(self.parent_run_id, SWEEP_STATUS_TAG)
         params = {f"space.{k}": v for k, v in flatten_params(space).items()}
         changed = sorted(k for k, v in params.items() if run.data.params.get(k, v) != v)
         if changed:
@@ -95,7 +106,16 @@ class SweepTracker:
             )
         self._log_batch(self.parent_run_id, params={k: v for k, v in params.items() if k not in run.data.params})
         self.client.log_text(self.parent_run_id, space_yaml, "space.yaml")
+        ui.save_trials_view(self.client, self.experiment_id)  # what `ui_url` opens
         return self.parent_run_id
+
+    def log_validation(self, run_id: str, record: dict) -> None:
+        """Which windows the runs are scored on: params `val.*`, tag `val.windows_hash` and the
+        window list as `validation.json` (`record` = `ETH3DWindows.describe()`)."""
+        import json
+
+        self._log_batch(run_id, params=validation_params(record), tags={WINDOWS_HASH_TAG: record["windows_hash"]})
+        self.client.log_text(run_id, json.dumps(record, indent=1), "validation.json")
 
     def finish_parent(self, best_run_id: str | None, best_metrics: dict, leaderboard_files: list) -> None:
         """Record the winner (`best.run_id`, `best/*` metrics), attach the leaderboard, end the parent."""
@@ -106,6 +126,13 @@ class SweepTracker:
         for path in leaderboard_files:
             self.client.log_artifact(parent, str(path), "leaderboard")
         self.client.set_terminated(parent, "FINISHED")
+
+    def interrupt_parent(self) -> None:
+        """The sweep was interrupted: tag `sweep.status=interrupted`, end the parent KILLED (a
+        resume reopens it)."""
+        parent = self.require_parent()
+        self._log_batch(parent, tags={SWEEP_STATUS_TAG: "interrupted"})
+        self.client.set_terminated(parent, "KILLED")
 
     # ---- trials ----
 
@@ -129,8 +156,19 @@ class SweepTracker:
         for key in sorted(k for k, v in flat.items() if k in run.data.params and run.data.params[k] != v):
             _log.warning("trial %s: param %s already logged as %r; keeping it (new value %r)",
                          trial_id, key, run.data.params[key], flat[key])
-        self._log_batch(run.info.run_id, params={k: v for k, v in flat.items() if k not in run.data.params})
+        self._log_new_params(run.info.run_id, flat, run.data.params)
         return run.info.run_id
+
+    def _log_new_params(self, run_id: str, params: dict, logged: dict) -> None:
+        """Params not logged yet. Two processes opening one trial at once may both insert a key
+        (the server's check-then-insert races); the loser re-reads the run and logs what is left."""
+        try:
+            self._log_batch(run_id, params={k: v for k, v in params.items() if k not in logged})
+        except MlflowException as err:
+            if "UNIQUE constraint" not in str(err) and "duplicate key" not in str(err):
+                raise
+            logged = self.client.get_run(run_id).data.params
+            self._log_batch(run_id, params={k: v for k, v in params.items() if k not in logged})
 
     def close_trial(self, run_id: str, status: str, reason: str = "") -> None:
         """Tag the terminal `trial.status`/`trial.stop_reason` and end the run (FINISHED/KILLED/FAILED).
@@ -149,12 +187,9 @@ class SweepTracker:
                             order_by=["attributes.start_time ASC"])
 
     def ui_url(self) -> str:
-        """The MLflow UI's runs table of this sweep's trials, best `best/val_abs_rel` first."""
-        from urllib.parse import quote
-
-        query = (f"searchFilter={quote(f'tags.`{ROLE_TAG}` = ' + repr('trial'))}"
-                 f"&orderByKey={quote('metrics.`best/val_abs_rel`')}&orderByAsc=true")
-        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs?{query}"
+        """The MLflow UI's runs table of this sweep's trials, best `best/val_abs_rel` first, with
+        their metric, LoRA settings and status as columns (the saved view of `open_parent`)."""
+        return ui.runs_url(self.tracking_uri, self.experiment_id)
 
     def metric_history(self, run_id: str, key: str) -> list:
         """Every logged value of `key` in `run_id` (`mlflow.entities.Metric`), by step."""
@@ -167,6 +202,9 @@ class SweepTracker:
         """Log `python_model` (an `mlflow.pyfunc.PythonModel`) with `artifacts` in `run_id`,
         register it under `model_name` and point the alias `champion` at it; return the version.
 
+        Idempotent: a run that already has a version of `model_name` gets the alias on that version;
+        no new version is made (a resumed or re-finished sweep registers nothing twice).
+
         `pip_requirements` default: the installed versions of mlflow, torch, peft, safetensors,
         numpy and pyyaml (skips MLflow's slow requirement inference).
         """
@@ -178,6 +216,10 @@ class SweepTracker:
         for name, path in artifacts.items():
             if not os.path.exists(path):
                 raise TrackingError(f"model artifact {name!r} not found at {path}")
+        existing = self.model_version_of(model_name, run_id)
+        if existing is not None:
+            self.set_alias(model_name, existing, alias)
+            return existing
         try:
             with tracking_uri_set_to(self.tracking_uri), mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
@@ -189,17 +231,27 @@ class SweepTracker:
             if run.info.status != "RUNNING":  # start_run reopened it: restore FINISHED/KILLED/FAILED
                 self.client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
         version = int(info.registered_model_version)
-        self.client.set_registered_model_alias(model_name, alias, str(version))
         self.client.set_model_version_tag(model_name, str(version), "source.run_id", run_id)
+        self.set_alias(model_name, version, alias)
         return version
+
+    def set_alias(self, model_name: str, version: int, alias: str = CHAMPION_ALIAS) -> None:
+        self.client.set_registered_model_alias(model_name, alias, str(version))
+
+    def model_version_of(self, model_name: str, run_id: str) -> int | None:
+        """The version of registered model `model_name` made from `run_id`, if any."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{_quote(model_name)}' and run_id = '{run_id}'")
+        except MlflowException:  # no such registered model yet
+            return None
+        return min((int(v.version) for v in versions), default=None)
 
     # ---- helpers ----
 
     def _experiment_id(self, name: str, create: bool) -> str:
+        check_experiment(self.tracking_uri, name)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
-            if experiment.lifecycle_stage != "active":
-                raise TrackingError(f"experiment {name!r} is deleted on {self.tracking_uri}; restore it or pick another name")
             return experiment.experiment_id
         if not create:
             raise TrackingError(f"experiment {name!r} not found on {self.tracking_uri}")

@@ -12,8 +12,6 @@ The server runs in its own process group, detached from the caller, and is recor
 proxied artifacts under `<data_dir>/artifacts`, bound to 127.0.0.1 on a free port.
 """
 
-import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -26,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from tracking.errors import ArgumentParser, TrackingError, cli_main
+from vggt_common.files import atomic_write, file_lock
 
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
@@ -72,7 +71,7 @@ class MlflowServer:
         one server instead of racing to start two.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.data_dir / "server.lock"):
+        with file_lock(self.data_dir / "server.lock"):
             record = _read_json(self.pid_file)
             if record and _is_mlflow_server(record.get("pid")):
                 if self.port is not None and record["port"] != self.port:
@@ -113,7 +112,7 @@ class MlflowServer:
         record = {"pid": proc.pid, "port": self.port, "host": self.host, "url": self.url,
                   "backend_store_uri": self.backend_store_uri,
                   "artifacts_destination": self.artifacts_destination, "log": str(self.log_file)}
-        _write_json_atomic(self.pid_file, record)
+        atomic_write(self.pid_file, json.dumps(record, indent=2))
         return self._wait_healthy(proc.pid, proc, timeout)
 
     def _wait_healthy(self, pid: int, proc, timeout: float) -> str:
@@ -160,18 +159,29 @@ class MlflowServer:
         self.stop()
 
 
-def resolve_tracking_uri(tracking_uri: str | None = None, data_dir=None) -> str:
+def resolve_tracking_uri(tracking_uri: str | None = None, data_dir=None, *, start: bool = True) -> str:
     """The tracking URI to use: explicit > `MLFLOW_TRACKING_URI` > the embedded local server.
 
-    The embedded server (started on first use and reused afterwards) keeps its state in
-    `data_dir`, default `$VGGT_DATA_DIR/.mlflow-server` or `./.mlflow-server`.
+    The embedded server keeps its state in `data_dir` (default `default_server_dir()`); it is
+    started on first use and reused afterwards. With `start=False` (tools that only read, such as
+    `tracking.compare`) a server that is not already running is an error, never a new empty one.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return validate_tracking_uri(uri)
-    if data_dir is None:
-        data_dir = Path(os.environ.get("VGGT_DATA_DIR", ".")) / DEFAULT_DIR_NAME
-    return MlflowServer(data_dir).start()
+    server = MlflowServer(data_dir or default_server_dir())
+    if start:
+        return server.start()
+    record = server.running_record()
+    if record is None:
+        raise TrackingError(f"no MLflow server given and none running in {server.data_dir}: pass --tracking-uri, "
+                            "set MLFLOW_TRACKING_URI, or set VGGT_MLFLOW_DIR to the folder of the sweep's server")
+    return record["url"]
+
+
+def default_server_dir() -> Path:
+    """Where the embedded server keeps its state: `$VGGT_MLFLOW_DIR`, else `./.mlflow-server`."""
+    return Path(os.environ.get("VGGT_MLFLOW_DIR") or DEFAULT_DIR_NAME)
 
 
 def validate_tracking_uri(uri: str) -> str:
@@ -281,27 +291,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _last_line(path: Path) -> str:
@@ -316,7 +310,7 @@ def _last_line(path: Path) -> str:
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m tracking.server", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
-    parser.add_argument("--data-dir", default=None, help="default: $VGGT_DATA_DIR/.mlflow-server or ./.mlflow-server")
+    parser.add_argument("--data-dir", default=None, help="default: $VGGT_MLFLOW_DIR or ./.mlflow-server")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--backend-store-uri", default=None)
@@ -326,7 +320,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         raise TrackingError(f"--workers {args.workers} must be at least 1")
-    data_dir = args.data_dir or Path(os.environ.get("VGGT_DATA_DIR", ".")) / DEFAULT_DIR_NAME
+    data_dir = args.data_dir or default_server_dir()
     server = MlflowServer(data_dir, port=args.port, host=args.host, backend_store_uri=args.backend_store_uri,
                           artifacts_destination=args.artifacts_destination, workers=args.workers)
     if args.command == "start":

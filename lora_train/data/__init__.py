@@ -4,7 +4,7 @@ and synthetic scenes in ETH3D's exact on-disk formats.
 Names are imported lazily so that `python -m lora_train.data.synthetic` does not load torch.
 """
 
-import importlib
+from lora_train.lazy import lazy_getattr
 
 _EXPORTS = {
     "ETH3DScene": "lora_train.data.eth3d",
@@ -17,9 +17,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lora_train.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(_EXPORTS, __name__)

@@ -6,7 +6,6 @@ normalised), non-contiguous ids and NAMEs with a subfolder (`dslr_images/DSC_030
 Writers produce the same layout (ETH3D's header counts), atomically.
 """
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from lora_train.data.cameras import CAMERA_MODEL_NUM_PARAMS, quaternion_to_rotation
 from lora_train.errors import UserError
+from vggt_common.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -179,13 +179,6 @@ def read_points3d(path) -> dict[int, Point3D]:
     return points
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _fmt(x: float) -> str:
@@ -202,7 +195,7 @@ def write_cameras(path, cameras: list[Camera]) -> None:
     for cam in cameras:
         params = " ".join(_fmt(p) for p in cam.params)
         lines.append(f"{cam.camera_id} {cam.model} {cam.width} {cam.height} {params}")
-    _atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def write_images(path, images: list[Image]) -> None:
@@ -221,7 +214,7 @@ def write_images(path, images: list[Image]) -> None:
         lines.append(
             " ".join(f"{_fmt(x)} {_fmt(y)} {int(pid)}" for (x, y), pid in zip(im.xys, im.point3d_ids))
         )
-    _atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def write_points3d(path, points: list[Point3D]) -> None:
@@ -237,4 +230,4 @@ def write_points3d(path, points: list[Point3D]) -> None:
         rgb = " ".join(str(int(c)) for c in p.rgb)
         track = " ".join(f"{int(i)} {int(j)}" for i, j in zip(p.image_ids, p.point2d_idxs))
         lines.append(f"{p.point3d_id} {xyz} {rgb} {_fmt(p.error)} {track}")
-    _atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")

@@ -11,19 +11,20 @@ camera through the exact distortion model:
   largest principal-point-centred rectangle that lies inside the distorted image (no black borders).
 - Every output pixel's ray is projected into the distorted grid. Depth keeps its z (same camera
   frame): inverse depth is interpolated bilinearly where the neighbouring GT pixels are valid
-  and lie on one plane; at creases, hole borders and sparse laser returns the nearest GT pixel is
-  taken if the valid neighbours agree within `DEPTH_EDGE_TOLERANCE`; pixels straddling a depth
-  edge are invalid. Dense ground truth stays dense; nothing is interpolated across edges.
+  and lie on one plane, whatever its slope (grazing ground, facades seen from the side); at
+  creases, hole borders and sparse laser returns the nearest GT pixel is taken if its valid
+  neighbours agree within `DEPTH_EDGE_TOLERANCE`; pixels straddling a step or a steep crease are
+  invalid. Dense ground truth stays dense; nothing is interpolated across edges.
 - The image is decoded once at a reduced scale (JPEG DCT scaling, then area filtering) and
   resampled through the same map, so image and depth align by construction.
 
 Results are cached at training resolution in a content-keyed on-disk cache (file sizes and
-mtimes, calibration, width, options), so a 93 MiB depth map is read once.
+mtimes, calibration, width, options), so a 93 MiB depth map is read once; loader workers and
+concurrent trials on one host share it (whole entries only, each filled by one process).
 """
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,23 +32,19 @@ import cv2
 import numpy as np
 
 from lora_train.data import cameras as camera_models
+from lora_train.data.cache import cache_dir as cache_dir_of
 from lora_train.data.cameras import SUPPORTED_MODELS, thin_prism_fisheye_distort  # noqa: F401 (re-export)
 from lora_train.data.colmap import Camera, Image, read_cameras, read_images
 from lora_train.errors import UserError
+from vggt_common.files import atomic_write, file_lock
 
-DEPTH_EDGE_TOLERANCE = 0.03  # neighbouring GT depths further apart than 3 % are a depth edge
+DEPTH_EDGE_TOLERANCE = 0.03  # off a plane, neighbouring GT depths further apart than 3 % are an edge
 DEPTH_PLANARITY = 1e-3  # inverse-depth neighbourhoods further from a plane than this (relative) ...
 DEPTH_CURVATURE = 0.25  # ... plus this fraction of the local slope are a crease or a step
 PATCH = 14
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: planar neighbourhoods of any slope interpolated; nearest checked against its 3x3
 _JPEG_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                  8: cv2.IMREAD_REDUCED_COLOR_8}
-
-
-def default_cache_dir() -> Path:
-    """`$LORA_TRAIN_CACHE_DIR`, else `~/.cache/lora_train/eth3d`."""
-    env = os.environ.get("LORA_TRAIN_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "lora_train" / "eth3d"
 
 
 @dataclass(frozen=True)
@@ -128,9 +125,11 @@ def sample_depth(depth: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
 
     Inverse depth (affine over a plane) is interpolated bilinearly where the 4x4 neighbourhood is
     valid and planar (second differences below `planarity` · inverse depth plus `DEPTH_CURVATURE`
-    · first differences);
-    across creases and steps, at hole borders and on sparse returns the nearest GT pixel is kept
-    if the 2x2 valid neighbours agree within `tolerance`; at larger depth edges the pixel is 0.
+    · first differences), however steep the plane: depth may change by far more than `tolerance`
+    per GT pixel on ground seen at a grazing angle. Elsewhere (creases, steps, hole borders,
+    sparse returns) the nearest GT pixel is kept if the valid pixels of the 2x2 around the sample
+    agree within `tolerance` and, where that 2x2 has a hole, so do the nearest pixel's valid
+    neighbours (its error then stays within `tolerance` on a steep surface too); otherwise 0.
     """
     h, w = depth.shape
     x0 = np.clip(np.floor(map_x).astype(np.int64), 0, w - 2)
@@ -145,27 +144,35 @@ def sample_depth(depth: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
     inv = np.where(valid, 1.0 / np.where(valid, z, 1.0), 0.0)
     inner = [5, 6, 9, 10]  # the 2x2 block that surrounds the sample
     zi, vi, ii = z[inner], valid[inner], inv[inner]
-    zmin = np.min(np.where(vi, zi, np.inf), axis=0)
-    zmax = np.max(np.where(vi, zi, -np.inf), axis=0)
-    consistent = zmax <= zmin * (1 + tolerance)
     # A plane's inverse depth is affine in undistorted coordinates; in the distorted grid its
     # second differences stay a small fraction of its first differences. Creases and steps do not.
     floor = planarity * ii.mean(0)
-    planar = np.abs(ii[0] + ii[3] - ii[1] - ii[2]) <= floor + planarity * np.abs(ii[0] - ii[3])
+    diagonal = np.maximum(np.abs(ii[0] - ii[3]), np.abs(ii[1] - ii[2]))
+    planar = np.abs(ii[0] + ii[3] - ii[1] - ii[2]) <= floor + planarity * diagonal
     for r in (1, 2):
         for c in (1, 2):
             for step in (1, 4):  # along x, along y
                 a, b, d = inv[4 * r + c - step], inv[4 * r + c], inv[4 * r + c + step]
                 slope = np.maximum(np.abs(b - a), np.abs(d - b))
                 planar &= np.abs(a - 2 * b + d) <= floor + DEPTH_CURVATURE * slope
-    use_bilinear = valid.all(0) & consistent & planar
+    use_bilinear = valid.all(0) & planar
     weights = np.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy])
     with np.errstate(divide="ignore"):
         bilinear = 1.0 / np.sum(weights * ii, axis=0)
-    nearest = (wx >= 0.5).astype(np.int64) + 2 * (wy >= 0.5).astype(np.int64)
+
+    def agree(zs, vs, z_ref):  # every valid depth in zs within tolerance of z_ref
+        return np.all(~vs | ((zs <= z_ref * (1 + tolerance)) & (z_ref <= zs * (1 + tolerance))), axis=0)
+
+    nearest = (wx >= 0.5).astype(np.int64) + 2 * (wy >= 0.5).astype(np.int64)  # 0..3 in `inner`
     z_near = np.take_along_axis(zi, nearest[None], 0)[0]
     near_valid = np.take_along_axis(vi, nearest[None], 0)[0]
-    use_nearest = ~use_bilinear & near_valid & consistent
+    zmin = np.min(np.where(vi, zi, np.inf), axis=0)
+    consistent = agree(zi, vi, zmin)
+    # the nearest pixel's 3x3 lies inside the 4x4 patch: patch index of its top-left, plus offsets
+    corner = (nearest % 2) + 4 * (nearest // 2)
+    around = corner[None] + np.array([0, 1, 2, 4, 5, 6, 8, 9, 10])[:, None, None]
+    hole_border_ok = agree(np.take_along_axis(z, around, 0), np.take_along_axis(valid, around, 0), z_near)
+    use_nearest = ~use_bilinear & near_valid & consistent & (vi.all(0) | hole_border_ok)
     out = np.where(use_bilinear, bilinear, np.where(use_nearest, z_near, 0.0))
     return np.nan_to_num(out, nan=0.0, posinf=0.0).astype(np.float32)
 
@@ -190,7 +197,8 @@ class ETH3DScene:
             value 2 is always dropped.
         image_source: "distorted" (images/dslr_images, resampled with the depth's map) or
             "undistorted" (images/dslr_images_undistorted with its PINHOLE calibration).
-        cache_dir: on-disk cache of resampled views; None = `default_cache_dir()`, False = off.
+        cache_dir: on-disk cache of resampled views; None = the `views/` folder of the cache
+            root (`lora_train.data.cache`), False = off.
         fast_decode: decode JPEGs at a reduced scale when downsampling (False = full decode).
     """
 
@@ -204,7 +212,7 @@ class ETH3DScene:
         self.exclude_obs_mask = exclude_obs_mask
         self.image_source = image_source
         self.fast_decode = fast_decode
-        self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir else cache_dir_of("views")
         self._images_dir = Path(images_root or root) / scene / "images"
         self._depth_dir = Path(depth_root or root) / scene / "ground_truth_depth"
         self._masks_dir = Path(masks_root or root) / scene / "masks_for_images"
@@ -283,10 +291,7 @@ class ETH3DScene:
         image = self.images[name]
         camera = self.cameras[image.camera_id]
         out = self.output_camera(camera, width, height)
-        cached = self._cache_read(name, camera, width, height)
-        if cached is None:
-            cached = self._resample(name, camera, out)
-            self._cache_write(name, camera, width, height, cached)
+        cached = self._cached_resample(name, camera, out)
         return {
             "image": cached["image"],
             "depth": cached["depth"],
@@ -382,25 +387,35 @@ class ETH3DScene:
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return self.cache_dir / self.scene / f"{Path(name).stem}-{width}x{height}-{digest}.bin"
 
-    def _cache_read(self, name, camera, width, height) -> dict | None:
-        path = self._cache_path(name, camera, width, height)
-        if path is None or not path.is_file():
+    def _cached_resample(self, name: str, camera: Camera, out: OutputCamera) -> dict:
+        """`_resample` through the cache. Loader workers and trials on one host share it: entries
+        appear whole (atomic rename) and one process fills an entry while the others wait for it."""
+        path = self._cache_path(name, camera, out.width, out.height)
+        if path is None:
+            return self._resample(name, camera, out)
+        view = self._cache_read(path, out.width, out.height)
+        if view is None:
+            with file_lock(path.with_name(f".{path.name}.lock")):
+                view = self._cache_read(path, out.width, out.height)  # filled while we waited
+                if view is None:
+                    view = self._resample(name, camera, out)
+                    self._cache_write(path, view)
+        return view
+
+    @staticmethod
+    def _cache_read(path: Path, width: int, height: int) -> dict | None:
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except FileNotFoundError:
             return None
-        data = np.fromfile(path, dtype=np.uint8)
         if data.size != height * width * 7:  # damaged entry: recomputed and overwritten
             return None
         image = data[: height * width * 3].reshape(height, width, 3)
         depth = data[height * width * 3 :].view("<f4").reshape(height, width)
         return {"image": image, "depth": depth, "valid": depth > 0}
 
-    def _cache_write(self, name, camera, width, height, view: dict) -> None:
+    @staticmethod
+    def _cache_write(path: Path, view: dict) -> None:
         """One raw file per view: RGB uint8 bytes, then little-endian float32 depth."""
-        path = self._cache_path(name, camera, width, height)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(np.ascontiguousarray(view["image"], dtype=np.uint8).tobytes())
-            f.write(np.ascontiguousarray(view["depth"], dtype="<f4").tobytes())
-        os.replace(tmp, path)
+        atomic_write(path, np.ascontiguousarray(view["image"], dtype=np.uint8).tobytes()
+                     + np.ascontiguousarray(view["depth"], dtype="<f4").tobytes())

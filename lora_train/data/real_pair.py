@@ -35,16 +35,21 @@ CLI: python -m lora_train.data.real_pair --out DIR [--scene NAME]
 """
 
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from lora_train.data.colmap import Camera, Image, write_cameras, write_images, write_points3d
+from lora_train.data.colmap import (
+    Camera,
+    Image,
+    write_cameras,
+    write_images,
+    write_points3d,
+)
 from lora_train.data.synthetic import write_jpeg
 from lora_train.errors import ArgumentParser, UserError, cli_main
+from vggt_common.files import atomic_dir
 
 MOTORCYCLE_FILES = ("motorcycle_left.png", "motorcycle_right.png", "motorcycle_disp.npz")
 MOTORCYCLE_FOCAL = 994.978  # px, downsampled images
@@ -144,14 +149,16 @@ def write_motorcycle_scene(out_dir, scene: str = "motorcycle") -> Path:
     f = MOTORCYCLE_FOCAL
     cameras = [Camera(0, "PINHOLE", width, height, (f, f, cx, cy)),
                Camera(1, "PINHOLE", width, height, (f, f, cx + MOTORCYCLE_DOFFS, cy))]
-    identity = np.array([1.0, 0.0, 0.0, 0.0])
     translations = [np.zeros(3), np.array([-MOTORCYCLE_BASELINE_M, 0.0, 0.0])]
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / scene
-    tmp = out_dir / f".{scene}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final = Path(out_dir) / scene
+    with atomic_dir(final) as tmp:
+        _write_pair_files(tmp, pair, depth_left, depth_right, cameras, translations)
+    return final
+
+
+def _write_pair_files(tmp: Path, pair: dict, depth_left, depth_right, cameras, translations) -> None:
+    identity = np.array([1.0, 0.0, 0.0, 0.0])
     for name, rgb, depth in zip(VIEW_NAMES, (pair["left"], pair["right"]), (depth_left, depth_right)):
         write_jpeg(tmp / "images" / "dslr_images" / name, rgb)
         write_jpeg(tmp / "images" / "dslr_images_undistorted" / name, rgb)
@@ -165,10 +172,6 @@ def write_motorcycle_scene(out_dir, scene: str = "motorcycle") -> Path:
         write_cameras(tmp / folder / "cameras.txt", cameras)
         write_images(tmp / folder / "images.txt", images)
         write_points3d(tmp / folder / "points3D.txt", [])
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
 
 
 @cli_main

@@ -18,8 +18,6 @@ a tiny base model). Output is deterministic for a given seed.
 CLI: python -m lora_train.data.synthetic --out DIR --scenes N [--family facade|generic] [--seed S]
 """
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +26,25 @@ import numpy as np
 from tqdm import tqdm
 
 from lora_train.data import cameras as camera_models
-from lora_train.data.colmap import Camera, Image, Point3D, write_cameras, write_images, write_points3d
-from lora_train.data.raycast import Geometry, Material, Quad, RayCamera, cast, labels, shade
+from lora_train.data.colmap import (
+    Camera,
+    Image,
+    Point3D,
+    write_cameras,
+    write_images,
+    write_points3d,
+)
+from lora_train.data.raycast import (
+    Geometry,
+    Material,
+    Quad,
+    RayCamera,
+    cast,
+    labels,
+    shade,
+)
 from lora_train.errors import ArgumentParser, UserError, cli_main
+from vggt_common.files import atomic_dir
 
 FAMILIES = ("facade", "generic")
 _FAMILY_CODE = {"facade": 1, "generic": 2}
@@ -372,10 +386,13 @@ def _scan_points(geometry: Geometry, spacing: float = 0.12, max_points: int = 60
 
 def write_scene(scene: SyntheticScene, out_dir) -> Path:
     """Write one scene in ETH3D's layout; built in a temporary folder, then renamed into place."""
-    out_dir = Path(out_dir)
-    final = out_dir / scene.name
-    tmp = out_dir / f".{scene.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final = Path(out_dir) / scene.name
+    with atomic_dir(final) as tmp:
+        _write_scene_files(scene, tmp)
+    return final
+
+
+def _write_scene_files(scene: SyntheticScene, tmp: Path) -> None:
     rng = np.random.default_rng([scene.geometry.seed, 77])
     zbuffers, label_maps = [], []
     for v, name in enumerate(scene.view_names):
@@ -444,11 +461,6 @@ def write_scene(scene: SyntheticScene, out_dir) -> Path:
     scan = _scan_points(scene.geometry)
     _write_ply(scan_dir / "scan1.ply", (scan - global_from_scan[:3, 3]) @ global_from_scan[:3, :3])
     _write_mlp(scan_dir / "scan_alignment.mlp", "scan1.ply", global_from_scan)
-
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
 
 
 def write_synthetic_dataset(out_dir, num_scenes: int, seed: int = 0, family: str = "facade",

@@ -10,12 +10,13 @@ views. Training windows are anchored at every view of the train scenes, with com
 
 import functools
 import hashlib
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from lora_train.data.eth3d import ETH3DScene
 from lora_train.errors import UserError
@@ -87,15 +88,27 @@ def split_scenes(scenes: list[str], val_scenes=None, val_fraction: float = 0.25)
     return [s for s in scenes if s not in val], val
 
 
+SCENE_PARTS = ("images", "ground_truth_depth", "masks_for_images", "dslr_calibration_jpg")
+
+
 def discover_scenes(root) -> list[str]:
-    """Scene folders under `root` that hold a `dslr_calibration_jpg/`, sorted."""
+    """Scene folders under `root`, sorted: every folder holding a part of an ETH3D scene.
+
+    A folder with some parts but no `dslr_calibration_jpg/` is an error naming it, not a
+    silently skipped scene.
+    """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset root {root} does not exist")
-    scenes = sorted(p.name for p in root.iterdir() if (p / "dslr_calibration_jpg").is_dir())
-    if not scenes:
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and any((p / part).exists() for part in SCENE_PARTS))
+    for folder in candidates:
+        if not (folder / "dslr_calibration_jpg").is_dir():
+            raise UserError(f"scene {folder} has no dslr_calibration_jpg/ (cameras.txt, images.txt): "
+                            "extract the scene's calibration archive there or remove the folder")
+    if not candidates:
         raise UserError(f"no ETH3D scenes (folders with dslr_calibration_jpg/) under {root}")
-    return scenes
+    return [p.name for p in candidates]
 
 
 class ETH3DWindows(Dataset):
@@ -111,6 +124,8 @@ class ETH3DWindows(Dataset):
         seed: seeds companion sampling and colour jitter (with the epoch, see `set_epoch`).
         color_jitter: brightness/contrast/saturation jitter shared across a window's views.
         val_scenes, val_fraction: the scene split.
+        max_windows: keep this many windows, a subset drawn with `seed` (validation protocols
+            that score fewer windows than the scenes give); None keeps all.
         keyviews_per_scene: validation keyviews of scenes outside the RMVD list.
         use_rmvd: use the RMVD keyviews for real ETH3D scene names.
         **scene_kwargs: forwarded to `ETH3DScene` (images_root, depth_root, masks_root,
@@ -125,7 +140,7 @@ class ETH3DWindows(Dataset):
     def __init__(self, root, scenes=None, split: str = "train", num_views: int = 8, width: int = 518,
                  height: int | None = None, seed: int = 0, color_jitter: bool = False, val_scenes=None,
                  val_fraction: float = 0.25, keyviews_per_scene: int = 8, use_rmvd: bool = True,
-                 cache_dir=None, **scene_kwargs):
+                 max_windows: int | None = None, cache_dir=None, **scene_kwargs):
         if split not in ("train", "val"):
             raise UserError(f"split must be 'train' or 'val', got {split!r}")
         if num_views < 1:
@@ -159,6 +174,9 @@ class ETH3DWindows(Dataset):
                 n = len(scene.view_names)
                 anchors = np.unique(np.linspace(0, n - 1, min(keyviews_per_scene, n)).round().astype(int))
                 self.windows += [(s, int(a), self._most_covisible(s, int(a), [])) for a in anchors]
+        if max_windows is not None and max_windows < len(self.windows):
+            keep = np.random.default_rng([seed, len(self.windows)]).choice(len(self.windows), max_windows, replace=False)
+            self.windows = [self.windows[i] for i in sorted(keep)]
 
     def _most_covisible(self, scene: str, anchor: int, chosen: list[int]) -> list[int]:
         """Extend `chosen` companions of `anchor` to S-1 with the most covisible remaining views."""
@@ -176,6 +194,24 @@ class ETH3DWindows(Dataset):
             windows.append((scene, by_number[key], self._most_covisible(scene, by_number[key], chosen[: self.num_views - 1])))
         return windows
 
+    def describe(self) -> dict:
+        """The window list and its content hash (fixed windows only, i.e. validation windows).
+
+        Returns:
+            `{"num_windows", "num_views", "width", "height", "windows": [[scene, [views...]]...],
+            "windows_hash"}`; the hash (sha256, 16 hex digits) covers the scene, key view and
+            companion views of every window, in order, and the image size. Equal hashes mean the
+            same windows were scored.
+        """
+        if any(companions is None for _, _, companions in self.windows):
+            raise ValueError("describe() needs fixed windows (a validation split); training companions are sampled")
+        windows = [list(self.window_views(i)) for i in range(len(self))]
+        content = json.dumps({"windows": windows, "width": self.width, "height": self.height})
+        return {
+            "num_windows": len(windows), "num_views": self.num_views, "width": self.width, "height": self.height,
+            "windows": windows, "windows_hash": hashlib.sha256(content.encode()).hexdigest()[:16],
+        }
+
     def set_epoch(self, epoch: int) -> None:
         """Vary companion sampling and jitter per epoch (deterministic given seed and epoch)."""
         self.epoch = epoch
@@ -183,11 +219,12 @@ class ETH3DWindows(Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def window_views(self, index: int) -> tuple[str, list[str]]:
-        """(scene, view names) of window `index`; the anchor/keyview comes first."""
+    def window_views(self, index: int, epoch: int | None = None) -> tuple[str, list[str]]:
+        """(scene, view names) of window `index` at `epoch` (default the current one); the
+        anchor/keyview comes first."""
         scene, anchor, companions = self.windows[index]
         if companions is None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
             pool = [int(j) for j in np.argsort(-self._covis[scene][anchor], kind="stable") if j != anchor]
             pool = pool[: max(2 * (self.num_views - 1), self.num_views - 1)]
             companions = sorted(rng.choice(pool, size=self.num_views - 1, replace=False).tolist(),
@@ -195,8 +232,11 @@ class ETH3DWindows(Dataset):
         names = self.scenes[scene].view_names
         return scene, [names[anchor]] + [names[j] for j in companions]
 
-    def __getitem__(self, index: int) -> dict:
-        scene_name, names = self.window_views(index)
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """Window `index` at the current epoch, or `(epoch, index)`: what `RunBatches` hands the
+        loader workers, whose copies of the dataset never see `set_epoch`."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        scene_name, names = self.window_views(index, epoch)
         scene = self.scenes[scene_name]
         views = [scene.load_view(n, self.width, self.height) for n in names]
         images = torch.empty(len(views), 3, *views[0]["depth"].shape)
@@ -209,7 +249,7 @@ class ETH3DWindows(Dataset):
         cam_points = depth_to_cam_points(depths, intrinsics)
         world_points = cam_to_world_points(cam_points, extrinsics)
         if self.color_jitter:
-            images = jitter_colors(images, np.random.default_rng([self.seed, self.epoch, index, 1]))
+            images = jitter_colors(images, np.random.default_rng([self.seed, epoch, index, 1]))
         return {
             "images": images,
             "depths": depths,
@@ -275,7 +315,7 @@ def collate_windows(windows: list[dict]) -> dict:
             shapes = {tuple(w[key].shape) for w in windows}
             if len(shapes) > 1:
                 raise ValueError(f"cannot batch windows with different {key} shapes {sorted(shapes)}")
-            batch[key] = torch.stack([w[key] for w in windows])
+            batch[key] = default_collate([w[key] for w in windows])  # in a loader worker: into shared memory
         else:
             batch[key] = [w[key] for w in windows]
     return batch

@@ -1,22 +1,20 @@
-"""Our own VGGT, checkpoint-compatible with facebookresearch/vggt (without the track head)."""
+"""Our own VGGT, checkpoint-compatible with facebookresearch/vggt (without the track head).
 
-from lora_train.model.config import VGGTConfig
-from lora_train.model.loading import LoadReport, load_pretrained
-from lora_train.model.pose_encoding import (
-    extri_intri_to_pose_encoding,
-    mat_to_quat,
-    pose_encoding_to_extri_intri,
-    quat_to_mat,
-)
-from lora_train.model.vggt import VGGT
+Names are imported lazily, so that reading a `VGGTConfig` does not load torch.
+"""
 
-__all__ = [
-    "VGGT",
-    "VGGTConfig",
-    "LoadReport",
-    "load_pretrained",
-    "extri_intri_to_pose_encoding",
-    "pose_encoding_to_extri_intri",
-    "quat_to_mat",
-    "mat_to_quat",
-]
+from lora_train.lazy import lazy_getattr
+
+_EXPORTS = {
+    "VGGT": "lora_train.model.vggt",
+    "VGGTConfig": "lora_train.model.config",
+    "LoadReport": "lora_train.model.loading",
+    "load_pretrained": "lora_train.model.loading",
+    "extri_intri_to_pose_encoding": "lora_train.model.pose_encoding",
+    "pose_encoding_to_extri_intri": "lora_train.model.pose_encoding",
+    "quat_to_mat": "lora_train.model.pose_encoding",
+    "mat_to_quat": "lora_train.model.pose_encoding",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(_EXPORTS, __name__)

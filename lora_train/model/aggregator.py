@@ -54,7 +54,7 @@ class Aggregator(nn.Module):
                 embed_dim=dim,
                 depth=config.dino_depth,
                 num_heads=config.dino_num_heads,
-                mlp_ratio=config.mlp_ratio,
+                mlp_ratio=config.dino_mlp_ratio,
                 num_register_tokens=config.num_register_tokens,
                 init_values=1.0,
             )

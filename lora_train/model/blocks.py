@@ -3,10 +3,38 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lora_train.model.rope import apply_rope
 
 RopeTables = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [B, 1, N, head_dim] each
+
+# PyTorch's own order; a preferred backend goes first and the others stay behind it as fallbacks,
+# so inputs the preferred kernel cannot take (fp32 heads, odd head dims, old GPUs) still run.
+_SDPA_FALLBACKS = (
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.MATH,
+)
+SDPA_PREFERENCES = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+
+
+def sdpa_priority(backend: str) -> list[SDPBackend] | None:
+    """SDPA backends in priority order for a backend name (`model.attention_backend`).
+
+    "default" → None (PyTorch decides); "cudnn" / "flash" / "efficient" → that kernel first.
+    """
+    if backend == "default":
+        return None
+    if backend not in SDPA_PREFERENCES:
+        raise ValueError(f"unknown attention backend {backend!r} (default, {', '.join(SDPA_PREFERENCES)})")
+    preferred = SDPA_PREFERENCES[backend]
+    return [preferred, *(b for b in _SDPA_FALLBACKS if b != preferred)]
 
 
 class Attention(nn.Module):
@@ -17,6 +45,10 @@ class Attention(nn.Module):
         num_heads: attention heads; head_dim = dim / num_heads.
         qkv_bias / proj_bias: biases of the `qkv` and `proj` Linears.
         qk_norm: LayerNorm(head_dim, eps 1e-5) on q and k, per head, before RoPE.
+
+    Attributes:
+        sdpa_backends: SDPA backends in priority order for CUDA inputs (see `sdpa_priority`), or
+            None for PyTorch's choice. CPU inputs always take PyTorch's choice.
     """
 
     def __init__(
@@ -34,6 +66,7 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.sdpa_backends: list[SDPBackend] | None = None
 
     def forward(self, x: torch.Tensor, rope: RopeTables | None = None) -> torch.Tensor:
         """Args:
@@ -50,7 +83,11 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
-        x = F.scaled_dot_product_attention(q, k, v)
+        if self.sdpa_backends is not None and q.is_cuda:
+            with sdpa_kernel(self.sdpa_backends, set_priority=True):
+                x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(batch, num_tokens, dim)
         return self.proj(x)
 

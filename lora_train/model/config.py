@@ -24,7 +24,7 @@ class VGGTConfig:
         embed_dim: token width of the DINO patch embedding and the aggregator blocks.
         depth: number of frame blocks (= number of global blocks = number of aggregator outputs).
         num_heads: attention heads of the aggregator blocks.
-        mlp_ratio: MLP hidden width / embed_dim, in aggregator and DINO blocks.
+        mlp_ratio: MLP hidden width / embed_dim of the aggregator's frame and global blocks.
         num_register_tokens: register tokens of the aggregator and of the DINO ViT.
         qk_norm: per-head LayerNorm of q and k in the aggregator blocks.
         rope_freq: base frequency of the 2D RoPE in the aggregator blocks; 0 disables RoPE.
@@ -32,8 +32,10 @@ class VGGTConfig:
         patch_embed: "dinov2" (DINOv2 ViT with registers, as VGGT-1B) or "conv" (one conv layer).
         dino_depth: number of DINO ViT blocks.
         dino_num_heads: attention heads of the DINO ViT blocks.
+        dino_mlp_ratio: MLP hidden width / embed_dim of the DINO ViT blocks.
         camera_trunk_depth: transformer blocks in the camera head trunk.
         camera_num_heads: attention heads of the camera head trunk.
+        camera_mlp_ratio: MLP hidden width / (2 * embed_dim) of the camera head trunk.
         camera_iterations: refinement iterations of the camera head (one pose_enc each).
         dpt_features: fusion width of the DPT heads.
         dpt_out_channels: per-level projection widths of the DPT heads (4 levels).
@@ -57,8 +59,10 @@ class VGGTConfig:
     patch_embed: str = "dinov2"
     dino_depth: int = 24
     dino_num_heads: int = 16
+    dino_mlp_ratio: float = 4.0
     camera_trunk_depth: int = 4
     camera_num_heads: int = 16
+    camera_mlp_ratio: float = 4.0
     camera_iterations: int = 4
     dpt_features: int = 256
     dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
@@ -89,6 +93,10 @@ class VGGTConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 fail(key, "must be a positive integer")
+        for key in ("mlp_ratio", "dino_mlp_ratio", "camera_mlp_ratio"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                fail(key, "must be a positive number")
         if self.num_register_tokens < 0:
             fail("num_register_tokens", "must be >= 0")
         if self.img_size % self.patch_size:

@@ -77,19 +77,45 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """`{key: shape}` of a checkpoint without reading its tensors (safetensors header, or a
+    memory-mapped `torch.load`); same errors as `read_state_dict`."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as err:
+            raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}") from None
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+def check_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Would `load_pretrained(model, path)` succeed? Checks keys and shapes only (works on a model
+    built on the meta device, reads no tensor data). Raises `UserError` like `load_pretrained`."""
+    shapes = read_shapes(path)
+    for prefix in disabled_head_prefixes(model):
+        shapes = {k: v for k, v in shapes.items() if not k.startswith(prefix)}
+    _check_compatible(Path(path), {k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes)
+
+
 def _describe(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOW_KEYS])
     more = f" and {len(keys) - _SHOW_KEYS} more" if len(keys) > _SHOW_KEYS else ""
     return f"{len(keys)} ({shown}{more})"
 
 
-def _check_compatible(path: Path, model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
+def _check_compatible(path: Path, model_state: Mapping, state: Mapping) -> None:
+    """Keys and shapes of a checkpoint (tensors or shapes) against the model's; `UserError` listing
+    what differs."""
     missing = [k for k in model_state if k not in state]
     unexpected = [k for k in state if k not in model_state]
     mismatched = [
-        f"{k}: checkpoint {list(state[k].shape)} vs model {list(model_state[k].shape)}"
+        f"{k}: checkpoint {list(_shape(state[k]))} vs model {list(_shape(model_state[k]))}"
         for k in model_state
-        if k in state and state[k].shape != model_state[k].shape
+        if k in state and _shape(state[k]) != _shape(model_state[k])
     ]
     problems = [
         f"{label} {_describe(keys)}"
@@ -98,6 +124,10 @@ def _check_compatible(path: Path, model_state: Mapping[str, torch.Tensor], state
     ]
     if problems:
         raise UserError(f"checkpoint {path} does not match the model: " + "; ".join(problems))
+
+
+def _shape(value) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:

@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from lora_train.model.aggregator import Aggregator
+from lora_train.model.blocks import Attention, sdpa_priority
 from lora_train.model.camera_head import CameraHead
 from lora_train.model.config import VGGTConfig
 from lora_train.model.dpt_head import DPTHead
@@ -26,7 +27,8 @@ class VGGT(nn.Module):
         dim_in = config.head_dim_in
         self.aggregator = Aggregator(config)
         self.camera_head = (
-            CameraHead(dim_in, config.camera_trunk_depth, config.camera_num_heads, num_iterations=config.camera_iterations)
+            CameraHead(dim_in, config.camera_trunk_depth, config.camera_num_heads, config.camera_mlp_ratio,
+                       num_iterations=config.camera_iterations)
             if config.enable_camera
             else None
         )
@@ -45,6 +47,14 @@ class VGGT(nn.Module):
         """Recompute aggregator blocks in backward while training (saves activation memory)."""
         self.config.gradient_checkpointing = enabled
         self.aggregator.set_gradient_checkpointing(enabled)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Preferred SDPA kernel of every attention layer on CUDA inputs: "default" (PyTorch's
+        choice), "cudnn", "flash" or "efficient", the others kept as fallbacks. No effect on CPU."""
+        priority = sdpa_priority(backend)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.sdpa_backends = priority
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Args:

@@ -24,8 +24,8 @@ def train_windows(synthetic_root, data_cache_dir):
     return ETH3DWindows(synthetic_root, split="train", num_views=4, width=WIDTH, cache_dir=data_cache_dir)
 
 
-def test_rmvd_split_is_shipped_verbatim(shared_dir):
-    assert RMVD_SPLIT_FILE.read_bytes() == (shared_dir / "fixtures" / "eth3d" / "rmvd_eth3d_split.txt").read_bytes()
+def test_rmvd_split_is_shipped_verbatim(fixtures_dir):
+    assert RMVD_SPLIT_FILE.read_bytes() == (fixtures_dir / "eth3d" / "rmvd_eth3d_split.txt").read_bytes()
     split = read_rmvd_split()
     assert sorted(split) == ETH3D_SCENES
     assert all(len(entries) == 8 and all(len(src) == 10 for _, src in entries) for entries in split.values())

@@ -53,7 +53,7 @@ PROBE = r"""
 import json, os, urllib.error, urllib.request
 import ray
 from ray._raylet import AuthenticationMode, get_authentication_mode
-from sweeps.run import init_ray
+from sweeps.driver import init_ray
 from tests.deploy.test_deploy_loopback import listening_sockets
 
 os.environ.pop("RAY_ADDRESS", None)

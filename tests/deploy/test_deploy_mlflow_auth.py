@@ -1,11 +1,13 @@
 """The compose stack's MLflow server, end to end: basic-auth, the sweep account, --allowed-hosts.
 
 Runs docker/mlflow-entrypoint.sh itself — it writes the auth config, builds the server command and
-execs `mlflow server --app-name basic-auth` — and docker/mlflow-create-user.py (the mlflow-init
-service). Postgres and MinIO cannot run here, so a small `mlflow` shim first on PATH swaps only the
-storage locations (postgresql:// → sqlite in tmp, s3:// → a tmp dir) and the listen address
-(0.0.0.0:5000 → 127.0.0.1:free port), then execs the real `mlflow` with every other argument as
-the entrypoint built it.
+execs `mlflow server --app-name basic-auth` — against a real PostgreSQL server (the session's
+throwaway cluster, tests/plugins/postgres_fixtures.py) prepared as the compose `postgres` service
+prepares it: a role owning the backend database, and docker/postgres-init.sh (run for real) creating
+the user-store database. Both of MLflow's stores live there. MinIO cannot run here, so a small
+`mlflow` shim first on PATH swaps only the artifact destination (s3:// → a tmp dir) and the listen
+address (0.0.0.0:5000 → 127.0.0.1:free port), then execs the real `mlflow` with every other argument
+as the entrypoint built it.
 """
 
 import json
@@ -19,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -28,23 +29,14 @@ from mlflow.exceptions import MlflowException
 from tests.deploy.deploy_files import DOCKER_DIR
 
 SHIM = r'''#!{python}
-"""Test shim for `mlflow`: local storage and a loopback port instead of Postgres/S3/0.0.0.0."""
-import configparser, json, os, sys
+"""Test shim for `mlflow`: a tmp artifact folder and a loopback port instead of S3 and 0.0.0.0."""
+import json, os, sys
 args = sys.argv[1:]
 with open(os.environ["SHIM_ARGV_LOG"], "w") as f:
     json.dump(args, f)
-tmp = os.environ["SHIM_TMP"]
 swap = {{"--host": "127.0.0.1", "--port": os.environ["SHIM_PORT"], "--workers": "1",
-        "--backend-store-uri": f"sqlite:///{{tmp}}/mlflow.db", "--artifacts-destination": f"{{tmp}}/artifacts"}}
+        "--artifacts-destination": os.environ["SHIM_TMP"] + "/artifacts"}}
 args = [swap.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
-ini = configparser.ConfigParser()
-ini.read(os.environ["MLFLOW_AUTH_CONFIG_PATH"])
-assert ini["mlflow"]["database_uri"].startswith("postgresql://"), ini["mlflow"]["database_uri"]
-with open(os.environ["SHIM_TMP"] + "/seen_auth_database_uri", "w") as f:
-    f.write(ini["mlflow"]["database_uri"])
-ini["mlflow"]["database_uri"] = f"sqlite:///{{tmp}}/basic_auth.db"
-with open(os.environ["MLFLOW_AUTH_CONFIG_PATH"], "w") as f:
-    ini.write(f)
 os.execv({mlflow!r}, [{mlflow!r}, *args])
 '''
 
@@ -55,8 +47,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _stack_env(tmp_path: Path, port: int) -> dict[str, str]:
-    """The mlflow service's environment as compose gives it (secrets generated per test)."""
+def _stack_env(tmp_path: Path, port: int, pg_host: str = "postgres", pg_port: int = 5432) -> dict[str, str]:
+    """The mlflow service's environment as compose gives it (secrets and database names per test)."""
     shim_dir = tmp_path / "bin"
     shim_dir.mkdir()
     mlflow_exe = str(Path(sys.executable).with_name("mlflow"))
@@ -64,15 +56,17 @@ def _stack_env(tmp_path: Path, port: int) -> dict[str, str]:
     (shim_dir / "mlflow").chmod(0o755)
     home = tmp_path / "home"
     home.mkdir()
+    tag = secrets.token_hex(3)
     return {
         "PATH": f"{shim_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(home),
         "SHIM_TMP": str(tmp_path),
         "SHIM_PORT": str(port),
         "SHIM_ARGV_LOG": str(tmp_path / "argv.json"),
-        "POSTGRES_HOST": "postgres", "POSTGRES_PORT": "5432", "POSTGRES_USER": "mlflow",
-        "POSTGRES_PASSWORD": "pg/pass:w@rd " + secrets.token_hex(4), "POSTGRES_DB": "mlflow",
-        "MLFLOW_AUTH_DB": "mlflow_auth",
+        "POSTGRES_HOST": pg_host, "POSTGRES_PORT": str(pg_port), "POSTGRES_USER": f"mlflow_{tag}",
+        # URL-special characters and a '%' (configparser interpolation) that the entrypoint must escape.
+        "POSTGRES_PASSWORD": "pg/pass:w@rd %" + secrets.token_hex(4), "POSTGRES_DB": f"mlflow_{tag}",
+        "MLFLOW_AUTH_DB": f"mlflow_auth_{tag}",
         "MLFLOW_S3_BUCKET": "mlflow-artifacts", "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
         "AWS_ACCESS_KEY_ID": "mlflow-minio", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(12),
         "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
@@ -98,11 +92,23 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
     pytest.fail(f"mlflow server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def _prepare_database(pg, env: dict) -> None:
+    """What the compose `postgres` service does on its first start: the POSTGRES_USER role owning
+    POSTGRES_DB, then docker/postgres-init.sh (for real) creating the user-store database."""
+    pg.add_user(env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"], createdb=True)
+    init = subprocess.run(
+        ["sh", str(DOCKER_DIR / "postgres-init.sh")], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PGHOST": pg.host, "PGPORT": str(pg.port), "PGPASSWORD": env["POSTGRES_PASSWORD"],
+             **{k: env[k] for k in ("POSTGRES_USER", "POSTGRES_DB", "MLFLOW_AUTH_DB")}})
+    assert init.returncode == 0, init.stderr
+
+
 @pytest.fixture
-def auth_server(tmp_path):
-    """docker/mlflow-entrypoint.sh running on a loopback port; yields (url, env)."""
+def auth_server(tmp_path, postgres_server):
+    """docker/mlflow-entrypoint.sh running on a loopback port, stores in PostgreSQL; yields (url, env)."""
     port = _free_port()
-    env = _stack_env(tmp_path, port)
+    env = _stack_env(tmp_path, port, postgres_server.host, postgres_server.port)
+    _prepare_database(postgres_server, env)
     log = tmp_path / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(["bash", str(DOCKER_DIR / "mlflow-entrypoint.sh")], env=env,
@@ -141,8 +147,9 @@ def _create_sweep_user(url: str, env: dict, username: str, password: str) -> sub
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_basic_auth_server_from_the_compose_entrypoint(auth_server, tmp_path, monkeypatch):
+def test_basic_auth_server_from_the_compose_entrypoint(auth_server, postgres_server, tmp_path, monkeypatch):
     url, env = auth_server
+    pg = postgres_server
     admin = ("admin", env["MLFLOW_AUTH_ADMIN_PASSWORD"])
 
     # The entrypoint asked for exactly the compose stack's server.
@@ -152,12 +159,17 @@ def test_basic_auth_server_from_the_compose_entrypoint(auth_server, tmp_path, mo
     assert "--serve-artifacts" in argv
     assert argv[argv.index("--artifacts-destination") + 1] == "s3://mlflow-artifacts/"
     backend = argv[argv.index("--backend-store-uri") + 1]
-    assert backend == "postgresql://mlflow:pg%2Fpass%3Aw%40rd%20" + env["POSTGRES_PASSWORD"][-8:] + "@postgres:5432/mlflow"
-    assert (tmp_path / "seen_auth_database_uri").read_text().endswith("@postgres:5432/mlflow_auth")
-    # The auth config is private to the server user and holds no admin password.
+    where = f"@{pg.host}:{pg.port}"
+    assert backend == (f"postgresql://{env['POSTGRES_USER']}:pg%2Fpass%3Aw%40rd%20%25{env['POSTGRES_PASSWORD'][-8:]}"
+                       f"{where}/{env['POSTGRES_DB']}")
+    # The auth config is private to the server user, holds no admin password, and names the
+    # user-store database with the same escaped credentials ('%' doubled for configparser).
     ini = Path(env["HOME"]) / "basic_auth.ini"
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] not in ini.read_text()
+    auth_db_line = next(line for line in ini.read_text().splitlines() if line.startswith("database_uri"))
+    auth_db_uri = backend.rsplit("/", 1)[0] + "/" + env["MLFLOW_AUTH_DB"]
+    assert auth_db_line == "database_uri = " + auth_db_uri.replace("%", "%%")
 
     # mlflow-init: the sweep account, created by the admin; rerunning it is harmless.
     sweep_user, sweep_password = "sweeps", "sweep-" + secrets.token_urlsafe(16)
@@ -210,6 +222,12 @@ def test_basic_auth_server_from_the_compose_entrypoint(auth_server, tmp_path, mo
     created = requests.post(f"{url}/api/2.0/mlflow/users/create", auth=(sweep_user, sweep_password),
                             json={"username": "mallory", "password": "mallory-" + secrets.token_hex(8)}, timeout=30)
     assert created.status_code == 403
+
+    # Both stores are the PostgreSQL databases: the run in the backend store, the accounts in the user store.
+    assert pg.sql(f"SELECT name FROM experiments WHERE experiment_id = {int(experiment_id)}",
+                  env["POSTGRES_DB"]) == "deploy-auth"
+    assert pg.sql("SELECT count(*) FROM metrics WHERE key = 'val/abs_rel'", env["POSTGRES_DB"]) == "1"
+    assert set(pg.sql("SELECT username FROM users", env["MLFLOW_AUTH_DB"]).split()) == {"admin", sweep_user}
 
     # --allowed-hosts: the compose service name and the configured extra name pass, others do not.
     for host, expected in (("mlflow:5000", 200), ("mlflow.lan:5000", 200), ("127.0.0.1:5000", 200),

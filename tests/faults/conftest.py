@@ -20,6 +20,6 @@ def pytest_terminal_summary(terminalreporter):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     SUMMARY_FILE.write_text(
         "# Fault-injection summary\n\n"
-        f"Written by `python -m pytest tests/faults -m faults` ({stamp}); cases that did not run "
+        f"Written by `python -m pytest tests/faults tests/cluster -m faults` ({stamp}); cases that did not run "
         "are absent.\n\n" + table + "\n" + fault_summary.totals_line() + "\n"
     )

@@ -1,12 +1,15 @@
 """Tally of the fault-injection suite: faults injected/survived, inputs tried/rejected cleanly,
-metrics logged/found. Tests call `record`/`record_counts`; tests/faults/conftest.py prints the
-table at the end of the session and writes it to tests/faults/SUMMARY.md."""
+trial runs expected/found once (lost and duplicated in the detail), metrics logged/found, secrets
+searched/clean. Tests in tests/faults and tests/cluster call `record`/`record_counts`;
+tests/faults/conftest.py prints the table at the end of the session and, when every kind has
+entries (`python -m pytest tests/faults tests/cluster -m faults`), writes tests/faults/SUMMARY.md."""
 
 from dataclasses import dataclass
 
 KINDS = {  # kind → (what, first count, second count)
     "faults": ("faults", "injected", "survived"),
     "inputs": ("bad inputs", "tried", "rejected cleanly"),
+    "runs": ("trial runs", "expected", "found once"),
     "metrics": ("metrics", "logged", "found"),
     "leaks": ("configured secrets", "places searched", "clean"),
 }

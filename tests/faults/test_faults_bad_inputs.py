@@ -43,6 +43,9 @@ SPACE_CASES = [
     ("space-bad-sampler", "sampler", lambda s: s + "sampler: {type: grid}\n"),
     ("space-log-range-at-zero", "optim.lr", lambda s: s.replace("low: 1.0e-4", "low: 0.0")),
     ("space-not-a-mapping", "mapping", lambda s: "- just\n- a list\n"),
+    ("space-storage-password", "sampler.storage",
+     lambda s: s + "sampler: {storage: 'postgresql://optuna:hunter2-pw@db.lan:5432/optuna'}\n"),
+    ("space-storage-not-a-url", "sampler.storage", lambda s: s + "sampler: {storage: optuna.db}\n"),
 ]
 
 # (case id, flag the message must name, extra CLI arguments)
@@ -81,10 +84,18 @@ def _run_main(main, argv, capfd) -> tuple[int, str]:
     return code, capfd.readouterr().err
 
 
-def _no_mlflow_trace(client, before: set[str]):
-    after = {e.experiment_id for e in client.search_experiments()}
-    assert after == before, f"experiments created by a rejected input: {after - before}"
-    assert not client.search_runs(sorted(after)) if after else True
+def _mlflow_state(client) -> tuple[set[str], int]:
+    """(experiment ids, number of runs in them): what a rejected input must leave unchanged (the
+    server is shared with other tests, so only the difference counts)."""
+    experiments = {e.experiment_id for e in client.search_experiments()}
+    runs = len(client.search_runs(sorted(experiments), max_results=50000)) if experiments else 0
+    return experiments, runs
+
+
+def _no_mlflow_trace(client, before: tuple[set[str], int]):
+    after = _mlflow_state(client)
+    assert after[0] == before[0], f"experiments created by a rejected input: {after[0] - before[0]}"
+    assert after[1] == before[1], f"runs created by a rejected input: {after[1] - before[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +113,7 @@ def test_bad_space_file(case, culprit, edit, tmp_path, capfd, mlflow_server, mlf
     space = tmp_path / "space.yaml"
     space.write_text(edit(GOOD_SPACE))
     storage = tmp_path / "store"
-    before = {e.experiment_id for e in mlflow_client.search_experiments()}
+    before = _mlflow_state(mlflow_client)
     code, err = _run_main(main, ["--space", str(space), "--storage-path", str(storage),
                                  "--tracking-uri", mlflow_server], capfd)
     _assert_clean_rejection(case, culprit, code, err)
@@ -120,11 +131,199 @@ def test_bad_sweep_cli_value(case, culprit, extra, tmp_path, capfd, mlflow_serve
     storage = tmp_path / "store"
     argv = ["--space", str(space), "--storage-path", str(storage), "--tracking-uri", mlflow_server]
     argv += [a.format(tmp=tmp_path) for a in extra]
-    before = {e.experiment_id for e in mlflow_client.search_experiments()}
+    before = _mlflow_state(mlflow_client)
     code, err = _run_main(main, argv, capfd)
     _assert_clean_rejection(case, culprit, code, err)
     assert not storage.exists() or not any(storage.iterdir()), f"{case}: wrote {list(storage.rglob('*'))}"
     _no_mlflow_trace(mlflow_client, before)
+
+
+# ---- the sweep CLI against what it names: MLflow, storage, data, checkpoint ------------------------
+# Each case prepares its hostile input in `tmp` and returns (extra argv, extra environment). All of
+# them must be rejected before Ray starts: one line, exit 2, < 20 s, no sweep folder, no experiment.
+
+
+def _dead_port() -> int:
+    from tracking.server import free_port
+
+    return free_port()
+
+
+def _deleted_experiment(tmp, url):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    client.delete_experiment(client.create_experiment("faults-deleted-exp"))
+    return ["--experiment", "faults-deleted-exp"], {}
+
+
+def _one_scene_root(tmp, url):
+    from lora_train.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp / "one", num_scenes=1, seed=0, views_per_scene=4, image_size=(96, 64))
+    return ["--data-root", str(tmp / "one")], {}
+
+
+def _scene_without_calibration(tmp, url):
+    from lora_train.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp / "root", num_scenes=3, seed=0, views_per_scene=4, image_size=(96, 64))
+    shutil.rmtree(tmp / "root" / "facade_001" / "dslr_calibration_jpg")
+    return ["--data-root", str(tmp / "root")], {}
+
+
+def _garbage_checkpoint(tmp, url):
+    (tmp / "model.pt").write_bytes(np.random.default_rng(1).bytes(8192))
+    return ["--checkpoint", str(tmp / "model.pt")], {}
+
+
+def _wrong_checkpoint(tmp, url):
+    import torch
+
+    torch.save({"aggregator.camera_token": torch.zeros(1, 2, 1, 8)}, tmp / "model.pt")
+    return ["--checkpoint", str(tmp / "model.pt")], {}
+
+
+def _storage_is_a_file(tmp, url):
+    (tmp / "afile").write_text("not a folder")
+    return ["--storage-path", str(tmp / "afile" / "sweeps")], {}
+
+
+def _read_only_storage(tmp, url):
+    mount = tmp / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    return ["--storage-path", str(mount / "sweeps")], {"__unmount__": str(mount)}
+
+
+SWEEP_INPUT_CASES = [  # (case id, culprit the message must name, preparation)
+    ("tracking-uri-scheme-typo", "--tracking-uri", lambda tmp, url: (["--tracking-uri", "htp://127.0.0.1:5000"], {})),
+    ("tracking-server-dead-flag", "--tracking-uri",
+     lambda tmp, url: (["--tracking-uri", f"http://127.0.0.1:{_dead_port()}"], {})),
+    ("tracking-server-dead-env", "$MLFLOW_TRACKING_URI",
+     lambda tmp, url: ([], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_dead_port()}"})),
+    ("tracking-experiment-deleted", "faults-deleted-exp", _deleted_experiment),
+    ("space-width-range-not-multiples", "data.width",
+     lambda tmp, url: (["--space", str(_space(tmp, GOOD_SPACE.replace(
+         "  lora.rank:", "  data.width: {type: int, low: 56, high: 70}\n  lora.rank:")))], {})),
+    ("data-root-no-train-val-split", "val", _one_scene_root),
+    ("data-root-scene-without-calibration", "facade_001", _scene_without_calibration),
+    ("checkpoint-unreadable", "checkpoint", _garbage_checkpoint),
+    ("checkpoint-wrong-keys", "does not match the model", _wrong_checkpoint),
+    ("storage-path-is-a-file", "--storage-path", _storage_is_a_file),
+    ("storage-path-read-only", "--storage-path", _read_only_storage),
+]
+
+
+def _space(tmp, text):
+    path = tmp / "edited-space.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case,culprit,prepare", SWEEP_INPUT_CASES, ids=[c[0] for c in SWEEP_INPUT_CASES])
+def test_bad_sweep_input(case, culprit, prepare, tmp_path, capfd, mlflow_server, mlflow_client, monkeypatch):
+    import time
+
+    from sweeps.run import main
+
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)
+    space = tmp_path / "space.yaml"
+    space.write_text(GOOD_SPACE)
+    storage = tmp_path / "store"
+    argv = ["--space", str(space), "--storage-path", str(storage), "--tracking-uri", mlflow_server]
+    extra, env = prepare(tmp_path, mlflow_server)
+    unmount = env.pop("__unmount__", None)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if "MLFLOW_TRACKING_URI" in env:
+        argv = argv[:-2]
+    argv += extra  # a later flag wins (argparse)
+    before = _mlflow_state(mlflow_client)
+    started = time.monotonic()
+    try:
+        code, err = _run_main(main, argv, capfd)
+    finally:
+        if unmount:
+            subprocess.run(["umount", unmount], check=False)
+    seconds = time.monotonic() - started
+    _assert_clean_rejection(case, culprit, code, err)
+    assert seconds < 20, f"{case}: rejected after {seconds:.1f} s"
+    for folder in (storage, tmp_path / "afile" / "sweeps"):
+        assert not folder.exists() or not any(folder.iterdir()), f"{case}: wrote {list(folder.rglob('*'))}"
+    _no_mlflow_trace(mlflow_client, before)
+
+
+# ---- the Optuna study storage (sweeps/study_storage.py) against a real PostgreSQL server ----------
+STUDY_DB, STUDY_USER, STUDY_PASSWORD = "faults_optuna", "faults_optuna", "study-pw-4c1d8e"
+
+
+def _existing_study(pg) -> str:
+    """A study named like the sweep already in the database (a new sweep must not inherit it)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(pg.url(STUDY_USER, STUDY_DB, STUDY_PASSWORD))
+    optuna.create_study(study_name="faults-study-taken", storage=storage, load_if_exists=True)
+    storage.engine.dispose()
+    return pg.url(STUDY_USER, STUDY_DB)
+
+
+# (case id, culprit the message must name, --optuna-storage URL from the server, extra argv, PGPASSWORD)
+STUDY_STORAGE_CASES = [
+    ("optuna-storage-unknown-scheme", "unknown scheme 'mongodb'", lambda pg: "mongodb://127.0.0.1:27017/optuna",
+     [], STUDY_PASSWORD),
+    ("optuna-storage-password-in-url", "holds a password", lambda pg: pg.url(STUDY_USER, STUDY_DB, "hunter2-pw"),
+     [], None),
+    ("optuna-storage-unreachable", "Connection refused",
+     lambda pg: f"postgresql://{STUDY_USER}@127.0.0.1:{_dead_port()}/{STUDY_DB}", [], STUDY_PASSWORD),
+    ("optuna-storage-wrong-password", "password authentication failed", lambda pg: pg.url(STUDY_USER, STUDY_DB),
+     [], "not-the-password"),
+    ("optuna-storage-study-exists", "already exists", _existing_study, ["--name", "faults-study-taken"],
+     STUDY_PASSWORD),
+]
+
+
+@pytest.fixture(scope="module")
+def study_server(postgres_server):
+    postgres_server.add_user(STUDY_USER, STUDY_PASSWORD, STUDY_DB)
+    return postgres_server
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case,culprit,url,extra,password", STUDY_STORAGE_CASES,
+                         ids=[c[0] for c in STUDY_STORAGE_CASES])
+def test_bad_optuna_storage(case, culprit, url, extra, password, study_server, tmp_path, capfd, mlflow_server,
+                            mlflow_client, monkeypatch):
+    from sweeps.run import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass
+    if password is None:
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+    else:
+        monkeypatch.setenv("PGPASSWORD", password)
+    space = tmp_path / "space.yaml"
+    space.write_text(GOOD_SPACE)
+    storage = tmp_path / "store"
+    storage_url = url(study_server)
+    studies_before = study_server.sql("SELECT count(*) FROM studies", STUDY_DB) if case.endswith("exists") else None
+    before = _mlflow_state(mlflow_client)
+    code, err = _run_main(main, ["--space", str(space), "--storage-path", str(storage), "--tracking-uri",
+                                 mlflow_server, "--optuna-storage", storage_url, *extra], capfd)
+    _assert_clean_rejection(case, culprit, code, err)
+    assert "hunter2" not in err and STUDY_PASSWORD not in err, f"{case}: the message shows a password: {err}"
+    assert not storage.exists() or not any(storage.iterdir()), f"{case}: wrote {list(storage.rglob('*'))}"
+    _no_mlflow_trace(mlflow_client, before)
+    tables = study_server.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", STUDY_DB)
+    if studies_before is None:
+        assert tables == "0", f"{case}: Optuna tables were created"
+    else:
+        assert study_server.sql("SELECT count(*) FROM studies", STUDY_DB) == studies_before
 
 
 # ---- the training CLI: config, ETH3D tree, checkpoint ---------------------------------------------

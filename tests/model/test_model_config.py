@@ -63,3 +63,20 @@ def test_disabled_heads_are_absent():
         out = model(torch.rand(1, 2, 3, 28, 28))
     assert set(out) == {"depth", "depth_conf", "images"}
     assert not any(k.startswith(("camera_head.", "point_head.")) for k in model.state_dict())
+
+
+def test_separate_mlp_ratios_shape_their_blocks_and_round_trip():
+    config = VGGTConfig.tiny(mlp_ratio=1, dino_mlp_ratio=4, camera_mlp_ratio=2)
+    assert VGGTConfig.from_dict(config.to_dict()) == config
+    shapes = {k: tuple(v.shape) for k, v in VGGT(config).state_dict().items()}
+    dim = config.embed_dim
+    for blocks in ("frame_blocks", "global_blocks"):
+        assert shapes[f"aggregator.{blocks}.0.mlp.fc1.weight"] == (dim, dim)  # ratio 1
+    assert shapes["aggregator.patch_embed.blocks.0.mlp.fc1.weight"] == (4 * dim, dim)  # DINO keeps 4
+    assert shapes["camera_head.trunk.0.mlp.fc1.weight"] == (2 * 2 * dim, 2 * dim)  # trunk width 2C, ratio 2
+
+
+@pytest.mark.parametrize("key", ["mlp_ratio", "dino_mlp_ratio", "camera_mlp_ratio"])
+def test_mlp_ratio_must_be_positive(key):
+    with pytest.raises(UserError, match=f"'{key}'"):
+        VGGTConfig.from_dict({key: 0})

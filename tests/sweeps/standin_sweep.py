@@ -53,6 +53,7 @@ def standin_training(config, reporter, *, resume_from=None):
             (checkpoint / "adapter_config.json").write_text(json.dumps({"r": config.lora.rank}))
             save_file({"lora_A": torch.zeros(config.lora.rank, 8)}, str(checkpoint / "adapter_model.safetensors"))
             (checkpoint / "trainer_state.json").write_text(json.dumps({"epoch": epoch + 1}))
+            torch.save({"config": config.to_dict(), "epoch": epoch + 1}, checkpoint / "trainer_state.pt")
             reporter.on_epoch(epoch + 1, {"epoch": epoch + 1, "step": step, "val/abs_rel": val,
                                           "val/delta1": 1 - val, "world_size": world,
                                           "cost/cpu_seconds": (epoch + 1) * EPOCH_SECONDS}, str(checkpoint))
@@ -65,7 +66,6 @@ def standin_training(config, reporter, *, resume_from=None):
 if __name__ == "__main__":
     repo = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(repo))
-    from lora_train.errors import cli_main
-    from sweeps.run import parse_args, run_sweep
+    from sweeps.run import main
 
-    cli_main(lambda: run_sweep(parse_args(sys.argv[1:]), train_fn=standin_training))()
+    sys.exit(main(sys.argv[1:], train_fn=standin_training))

@@ -22,7 +22,7 @@ CASES = [
     (None, ["--checkpoint", "/nonexistent/model.pt"], "--checkpoint: file not found"),
     (None, ["--resume"], "--resume: no sweep named"),
     (DEFAULT_SPACE.replace("launcher: auto", "launcher: in_trial"), ["--workers-per-trial", "2"],
-     "--workers-per-trial: resources.launcher in_trial runs one process"),
+     "--workers-per-trial: launcher in_trial runs one process"),
 ]
 
 

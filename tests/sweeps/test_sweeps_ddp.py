@@ -19,6 +19,7 @@ SPACE = textwrap.dedent("""\
     name: {name}
     budget: {{num_samples: 1, max_epochs: 1}}
     resources: {{cpus_per_trial: {workers}, workers_per_trial: {workers}, launcher: {launcher}}}
+    selection: {{top_k: 0}}
     base_config:
       overrides:
         model.preset: tiny
@@ -27,7 +28,7 @@ SPACE = textwrap.dedent("""\
         data.synthetic_scenes: 3
         data.num_views: 2
         data.batch_size: {batch}
-        data.max_val_windows: 2
+        eval.max_windows: 2
         train.steps_per_epoch: 2
         train.seed: 7
         eval.num_visualizations: 0

@@ -9,7 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sweeps.trial import ReportChannel, TrialReporter, TrialStopped, TuneResults, adapter_param_count, mark_stopped
+from sweeps.trial import TuneResults
+from sweeps.trial_reporter import TrialReporter, TrialStopped, adapter_param_count
+from sweeps.trial_setup import ReportChannel, mark_stopped
 
 
 def test_report_channel_in_order_and_skips_an_earlier_attempt(tmp_path):
@@ -39,8 +41,8 @@ def test_stop_marker_ends_training_at_the_next_step(tmp_path):
     setup = SimpleNamespace(sweep_dir=str(tmp_path))
     mark_stopped(setup, "t1")  # a trial that never wrote anything: nothing to mark
     assert not (tmp_path / "trials").exists()
-    results = TuneResults("val/abs_rel", tmp_path / "trials" / "t1" / "reports")
-    reporter = TrialReporter(results, None, None, tmp_path / "trials" / "t1", "val/abs_rel", "min", {})
+    results = TuneResults(("val/abs_rel",), tmp_path / "trials" / "t1" / "reports")
+    reporter = TrialReporter(results, None, None, tmp_path / "trials" / "t1", "val/abs_rel", "min")
     reporter.on_step(0, {"train/loss": 1.0})  # not stopped: goes on
     assert not results.driver_gone()
     mark_stopped(setup, "t1")

@@ -42,10 +42,13 @@ def test_champion_alias_points_at_a_loadable_pyfunc(mlflow_server, tmp_path, uni
     np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(predicted, without_adapter, atol=1e-4), "the adapter must change the output"
 
-    # A second registration becomes version 2 and takes the alias over.
-    assert tracker.register_champion(run_id, unique_name, toy_adapter_pyfunc(),
-                                     {"base": str(base_path), "adapter": str(adapter_dir)}) == 2
+    # The same run again: the same version (idempotent). Another run: version 2 takes the alias.
+    artifacts = {"base": str(base_path), "adapter": str(adapter_dir)}
+    assert tracker.register_champion(run_id, unique_name, toy_adapter_pyfunc(), artifacts) == 1
+    other_run = tracker.open_trial("t1", {"x": 2})
+    assert tracker.register_champion(other_run, unique_name, toy_adapter_pyfunc(), artifacts) == 2
     assert client.get_model_version_by_alias(unique_name, "champion").version == "2"
+    assert len(client.search_model_versions(f"name = '{unique_name}'")) == 2
 
 
 def test_register_champion_rejects_missing_artifacts(mlflow_server, tmp_path, unique_name):

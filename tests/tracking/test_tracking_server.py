@@ -30,7 +30,8 @@ def test_resolve_tracking_uri_order(mlflow_server, mlflow_server_handle, monkeyp
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     # No URI anywhere: the embedded server recorded in the data dir (here: already running).
     assert resolve_tracking_uri(data_dir=mlflow_server_handle.data_dir) == mlflow_server
-    monkeypatch.setenv("VGGT_DATA_DIR", str(mlflow_server_handle.data_dir.parent))
+    monkeypatch.setenv("VGGT_MLFLOW_DIR", str(mlflow_server_handle.data_dir))
+    assert resolve_tracking_uri() == mlflow_server  # found through the variable, not the cwd
     monkeypatch.chdir(mlflow_server_handle.data_dir)
     with pytest.raises(TrackingError, match="not an MLflow server address"):
         resolve_tracking_uri("localhost:5000")

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from lora_train.base_model import TinyBaseRecipe, ensure_synthetic_scenes, ensure_tiny_base
 from lora_train.config import load_config
+from lora_train.data.cache import ensure_synthetic_scenes
 from lora_train.reporting import Reporter
+from lora_train.tiny_base import TinyBaseRecipe, ensure_tiny_base
 
 # A base trained for a few steps only: enough to be a real pretrained checkpoint for the tests.
 TEST_BASE_RECIPE = TinyBaseRecipe(
@@ -24,7 +25,7 @@ def train_cache(tmp_path_factory) -> Path:
 def facade_root(train_cache) -> Path:
     """4 small synthetic facade scenes in ETH3D format."""
     return ensure_synthetic_scenes(
-        "facade", 4, seed=0, cache_dir=train_cache, views_per_scene=6, image_size=(192, 128)
+        "facade", 4, seed=0, root=train_cache, views_per_scene=6, image_size=(192, 128)
     )
 
 
@@ -41,10 +42,10 @@ def small_config(tmp_path, train_cache, facade_root, tiny_base):
         values = {
             "model.checkpoint": str(tiny_base),
             "data.root": str(facade_root),
-            "data.cache_dir": str(train_cache / "windows"),
+            "data.cache_dir": str(train_cache / "views"),
             "data.num_views": 2,
             "data.width": 70,
-            "data.max_val_windows": 1,
+            "eval.max_windows": 1,
             "lora.strategy": "B",
             "lora.rank": 4,
             "optim.lr": 1e-3,

@@ -3,24 +3,24 @@
 import json
 import threading
 
-import lora_train.base_model as base_model
-from lora_train.base_model import TinyBaseRecipe, ensure_tiny_base, tiny_base_config
+import lora_train.tiny_base as tiny_base_module
 from lora_train.model import VGGT, load_pretrained
+from lora_train.tiny_base import TinyBaseRecipe, ensure_tiny_base, tiny_base_config
 from lora_train.train import main as train_main
 
 
 def test_cli_trains_on_generated_facades_when_no_data_root(tmp_path, monkeypatch, tiny_base, capsys):
-    monkeypatch.setenv("VGGT_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VGGT_LORA_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     code = train_main([
         "--config", "default", "--output-dir", str(out),
         "--model.checkpoint", str(tiny_base), "--data.synthetic_scenes", "2", "--data.num_views", "2",
-        "--data.width", "70", "--data.max_val_windows", "1", "--data.cache_dir", str(tmp_path / "windows"),
+        "--data.width", "70", "--eval.max_windows", "1", "--data.cache_dir", str(tmp_path / "windows"),
         "--train.epochs", "1", "--train.steps_per_epoch", "1", "--lora.strategy=A", "--lora.rank=2",
         "--eval.num_visualizations", "0",
     ])
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "cache" / "synthetic").iterdir() if p.is_dir()) == [
+    assert sorted(p.name for p in (tmp_path / "cache" / "scenes").iterdir() if p.is_dir()) == [
         "facade-n2-seed0-v1"
     ]
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -34,13 +34,13 @@ def test_tiny_base_is_cached_by_content_and_built_once(tmp_path, monkeypatch):
     recipe = TinyBaseRecipe(steps=1, num_scenes=2, num_views=2, width=70, batch_size=1,
                             views_per_scene=4, image_size=(96, 64))
     calls = []
-    real_train = base_model.train_tiny_base
+    real_train = tiny_base_module.train_tiny_base
 
     def counting_train(*args, **kwargs):
         calls.append(1)
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(base_model, "train_tiny_base", counting_train)
+    monkeypatch.setattr(tiny_base_module, "train_tiny_base", counting_train)
     paths = []
     threads = [threading.Thread(target=lambda: paths.append(ensure_tiny_base(tmp_path, recipe, progress=False)))
                for _ in range(2)]
@@ -50,7 +50,7 @@ def test_tiny_base_is_cached_by_content_and_built_once(tmp_path, monkeypatch):
         thread.join()
     assert len(calls) == 1 and len(set(paths)) == 1  # the lock made the second caller wait and reuse
     path = paths[0]
-    assert path.parent.name == "tiny_base" and path.suffix == ".safetensors"
+    assert path.parent.name == "bases" and path.suffix == ".safetensors"
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["recipe"]["steps"] == 1 and card["model"]["enable_point"] is False
     model = VGGT(tiny_base_config())

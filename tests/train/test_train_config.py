@@ -7,7 +7,7 @@ import pytest
 from lora_train.config import PRESET_DIR, TrainConfig, apply_overrides, config_from_dict, load_config
 from lora_train.errors import UserError
 from lora_train.train import main as train_main
-from lora_train.train import parse_overrides
+from lora_train.runtime import parse_overrides
 
 
 def write(path, text):

@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_train.train import TRAINER_STATE, cosine_with_warmup, run_training
+from lora_train.checkpointing import TRAINER_STATE
+from lora_train.runtime import cosine_with_warmup
+from lora_train.train import run_training
 
 
 def test_cosine_with_warmup_shape():
