@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="3 epochs of 12 scenes ≈ 1 min of tiny-model steps on one core")
     p.add_argument("--steps-per-epoch", type=int, default=1000, help="capped by the training windows")
     p.add_argument("--scenes", type=int, default=12, help="synthetic scenes (more scenes, longer epochs)")
-    p.add_argument("--val-windows", type=int, default=8, help="validation windows per epoch (the shipped sweep has 8)")
+    p.add_argument("--val-windows", type=int, default=12, help="validation windows per epoch (the shipped sweep has 12)")
     p.add_argument("--max-concurrent", type=int, default=1)
     p.add_argument("--launchers", default="in_trial,ray_train", help="comma-separated, run in this order")
     p.add_argument("--tracking-uri", default=None)

@@ -310,13 +310,14 @@ def _fit(space: SweepSpace, setup, tracker, sweep_dir: Path, configs: list[dict]
 
     from sweeps import interrupts
     from sweeps.callbacks import MlflowTrialCallback, ProgressCallback
-    from sweeps.trial import train_driver
     from sweeps.packing import trial_resources
+    from sweeps.trial import train_driver
     from sweeps.tuning import max_concurrent
 
     trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup), trial_resources(space, setup))
     callbacks = [MlflowTrialCallback(setup, tracker), ConfirmTagCallback(setup),
-                 ProgressCallback(space.metric, space.mode, space.max_epochs), interrupts.InterruptCallback()]
+                 ProgressCallback(space.metric, space.mode, space.max_epochs, total=len(configs)),
+                 interrupts.InterruptCallback()]
     attempt = 1 + sum(1 for _ in sweep_dir.glob("confirm-*"))  # a resumed phase is a new Tune experiment
     tuner = tune.Tuner(
         trainable,

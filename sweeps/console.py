@@ -242,10 +242,22 @@ def active() -> Console:
     return _active
 
 
-def quiet_environment() -> None:
-    """Environment of a quiet sweep (set before MLflow is used and Ray starts its workers)."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+@contextlib.contextmanager
+def quiet_environment(quiet: bool = True):
+    """Environment of a quiet sweep for the block (MLflow is used and Ray starts its workers in
+    it), restored afterwards so a later driver in the same process (`--verbose`) is not muted."""
+    before = {key: os.environ.get(key) for key in QUIET_ENV}
+    if quiet:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager

@@ -69,15 +69,14 @@ def run_sweep(args, train_fn=None) -> dict:
     from sweeps import console
 
     configure_environment()
-    if not args.verbose:
-        console.quiet_environment()
-    plan = preflight(args, check_data=train_fn is None)
-    if train_fn is None:  # the confirm phase's folds, checked before the search rather than after
-        from sweeps.confirm import scene_folds
+    with console.quiet_environment(quiet=not args.verbose):
+        plan = preflight(args, check_data=train_fn is None)
+        if train_fn is None:  # the confirm phase's folds, checked before the search rather than after
+            from sweeps.confirm import scene_folds
 
-        scene_folds(plan.space, plan.overrides, plan.space.selection["cv_folds"])
-    with console.session(plan.sweep_dir, args.verbose) as out:
-        return _run(plan, args, train_fn, out)
+            scene_folds(plan.space, plan.overrides, plan.space.selection["cv_folds"])
+        with console.session(plan.sweep_dir, args.verbose) as out:
+            return _run(plan, args, train_fn, out)
 
 
 def _run(plan: SweepPlan, args, train_fn, out) -> dict:

@@ -134,7 +134,7 @@ def decide_champion(space: SweepSpace, tracker, model_name: str, outcome, sweep_
             if failure:
                 note = f"the champion (version {current.version}) could not be evaluated on these windows ({failure})"
             decision = dataclasses.replace(decision, decision="kept" if failure else "promoted",
-                                           reason=decision.reason.replace("no champion yet", note))
+                                           reason=decision.reason.replace("first champion", note))
         decision = dataclasses.replace(decision, reason=f"{decision.reason}; candidate {candidate.config}, "
                                                         f"{outcome.basis}")
     tags = {**decision.tags(), **({"champion.run_id": chosen.run_id} if chosen else {})}
@@ -146,6 +146,7 @@ def decide_champion(space: SweepSpace, tracker, model_name: str, outcome, sweep_
         for key, value in decision.tags().items():
             tracker.client.set_model_version_tag(model_name, str(version), key, value)
         tracker.client.set_tag(tracker.require_parent(), "champion.version", str(version))
+        console.active().line(f"  registered {model_name} version {version} as @{CHAMPION_ALIAS}")
         summary["champion_version"] = version
     return summary
 

@@ -295,7 +295,7 @@ def promotion_decision(candidate: WindowScores, base: WindowScores, existing_cha
         decision, reason = "rejected", (f"forgets the base's domain: retention AbsRel adapter - base {kept_domain} "
                                         f"exceeds the margin {retention_margin:+.4f}")
     elif existing_champion is None:
-        decision, reason = "promoted", f"adapter - base AbsRel {vs_base} lies below 0; no champion yet"
+        decision, reason = "promoted", f"adapter - base AbsRel {vs_base} lies below 0; first champion"
     else:
         vs_champion = paired_difference(*_paired(candidate, existing_champion), **bootstrap)
         if vs_champion.high < 0:

@@ -35,7 +35,8 @@ CONFIRM_SEED_TAG = "confirm.seed"  # its train.seed
 CONFIRM_FOLD_TAG = "confirm.fold"  # its validation fold (cv_folds), absent without folds
 CONFIRM_METRIC_PREFIX = "confirm/"  # on a confirmed search trial's run: its configuration's pooled result
 CHAMPION_ALIAS = "champion"
-# Makes the UI open the experiment in its "Model training" (runs table) view, not the GenAI one.
+# The experiment's kind for the UI ("Model training", not GenAI). The UI prefers the `workflowType`
+# of the address (or the browser's stored choice), so the links we print carry it too (tracking/ui.py).
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 
 from tests.deploy.deploy_files import REPO_ROOT, dockerfile_stages
 
-PACKAGES = ("lora_train", "tracking", "sweeps")
+PACKAGES = ("lora_train", "tracking", "sweeps", "vggt_common")
 
 
 def _copy_like_the_dockerfile(app: Path) -> list[str]:
@@ -85,10 +85,10 @@ def test_project_install_from_the_copied_sources(tmp_path):
         archive.extractall(site)
 
     # Import from the unpacked wheel, away from the repository (as in the image).
-    probe = r"""
+    probe = f"PACKAGES = {PACKAGES!r}\n" + r"""
 import importlib, json, pathlib
 out = {}
-for name in ("lora_train", "tracking", "sweeps"):
+for name in PACKAGES:
     out[name] = list(importlib.import_module(name).__path__)
 data = [str(p) for pkg in ("lora_train", "sweeps") for root in importlib.import_module(pkg).__path__
         for p in pathlib.Path(root).rglob("*.yaml")]

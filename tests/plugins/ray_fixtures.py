@@ -1,9 +1,22 @@
 """Fixtures for the sweep tests: a real MLflow server on loopback and a stand-in sweep runner."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_sweep_cli(*args: str, timeout: float = 900, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`python sweeps/run.py ARGS` in a child process, on a local Ray and with no inherited tracking
+    URI, output captured; the caller checks the return code."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300", **(env_extra or {})}
+    return subprocess.run([sys.executable, str(REPO / "sweeps" / "run.py"), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,12 @@
 and a 1-worker trial gives the same result whether it trains in the Tune trial's own process
 (`launcher: in_trial`, the default for one worker) or in a Ray Train worker (`ray_train`)."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.plugins.ray_fixtures import run_sweep_cli
 from tracking.runs import SweepTracker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,13 +44,7 @@ def test_two_worker_trial_matches_one_worker(tmp_path, sweep_mlflow, sweep_env):
         name = f"ddp-{launcher.replace('_', '-')}-w{workers}"
         space = tmp_path / f"{name}.yaml"
         space.write_text(SPACE.format(name=name, workers=workers, batch=batch, launcher=launcher))
-        env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
-        env.pop("RAY_ADDRESS", None)
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", str(space),
-             "--storage-path", str(tmp_path / "store"), "--tracking-uri", sweep_mlflow],
-            env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
-        )
+        proc = run_sweep_cli("--space", space, "--storage-path", tmp_path / "store", "--tracking-uri", sweep_mlflow)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         tracker = SweepTracker(sweep_mlflow, name, create=False)
         (run,) = tracker.trial_runs()

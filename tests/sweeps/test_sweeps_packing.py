@@ -11,7 +11,6 @@ ends failed with a one-line reason.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from lora_train.memory import gpu_fraction, predict_peak_gib
 from sweeps.packing import PackedResources, oom_fallback, trial_resources
 from sweeps.space_file import load_space
 from sweeps.trial_setup import TrialSetup
+from tests.plugins.ray_fixtures import run_sweep_cli
 
 REPO = Path(__file__).resolve().parents[2]
 H200_GIB = 139.8
@@ -166,13 +166,8 @@ def packed_sweep(tmp_path_factory, sweep_mlflow):
     space = PACKED_SPACE.replace("OVERRIDES", json.dumps(TINY)).replace("CHOICES", json.dumps(choices)).replace(
         "POINTS", json.dumps([{"train.inject_oom_above_gib": value} for value in choices]))
     (work / "space.yaml").write_text(space)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["RAY_OVERRIDE_RESOURCES"] = json.dumps({"GPU": 1, "CPU": 4})  # one (declared) GPU, 4 trial slots
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", str(work / "space.yaml"),
-         "--storage-path", str(work / "store"), "--tracking-uri", sweep_mlflow],
-        env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
-    )
+    proc = run_sweep_cli("--space", work / "space.yaml", "--storage-path", work / "store", "--tracking-uri", sweep_mlflow,
+                         env_extra={"RAY_OVERRIDE_RESOURCES": json.dumps({"GPU": 1, "CPU": 4})})  # 1 declared GPU, 4 slots
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     tracker = SweepTracker(sweep_mlflow, "packed-oom", create=False)
     runs = {r.data.params["train.inject_oom_above_gib"]: r for r in tracker.trial_runs()}

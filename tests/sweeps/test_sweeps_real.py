@@ -6,14 +6,12 @@ the 2 others, confirms both search configurations with 2 new seeds each (`select
 retention on held-out scenes of the tiny base's own `generic` domain."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.plugins.ray_fixtures import run_sweep_cli
 from tracking.runs import SweepTracker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,14 +52,8 @@ def real_sweep(tmp_path_factory, sweep_mlflow):
     work = tmp_path_factory.mktemp("real-sweep")
     space = work / "space.yaml"
     space.write_text(SPACE)
-    env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", str(space),
-         "--storage-path", str(work / "store"), "--tracking-uri", sweep_mlflow],
-        env=env, capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )
+    proc = run_sweep_cli("--space", space, "--storage-path", work / "store", "--tracking-uri", sweep_mlflow,
+                         timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     tracker = SweepTracker(sweep_mlflow, "real-shrunk", create=False)
     runs = tracker.trial_runs()
@@ -144,12 +136,8 @@ def test_a_resumed_sweep_trains_no_confirm_run_again(real_sweep, sweep_mlflow):
     tracker = real_sweep["tracker"]
     before = {r.info.run_id for r in real_sweep["confirm_runs"]}
     decision = tracker.get_run(tracker.parent_run_id).data.tags["champion.decision"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", str(real_sweep["space"]), "--resume",
-         "--storage-path", str(real_sweep["sweep_dir"].parent), "--tracking-uri", sweep_mlflow],
-        env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
-    )
+    proc = run_sweep_cli("--space", real_sweep["space"], "--resume", "--storage-path", real_sweep["sweep_dir"].parent,
+                         "--tracking-uri", sweep_mlflow)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "run(s) to train" not in proc.stdout
     runs = tracker.trial_runs()

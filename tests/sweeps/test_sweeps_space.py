@@ -1,7 +1,5 @@
 """Space file: parsing, one-line errors with line numbers, the define-by-run search space."""
 
-import subprocess
-import sys
 import textwrap
 
 import optuna

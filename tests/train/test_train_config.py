@@ -33,7 +33,7 @@ def test_strategy_presets_set_their_own_values():
 
 
 def test_inherit_from_file_and_overrides(tmp_path):
-    base = write(tmp_path / "base.yaml", """
+    write(tmp_path / "base.yaml", """
         inherit: strategy_c
         optim: {lr: 2.0e-4}
     """)
