@@ -139,8 +139,9 @@ def extend_budget(sweep_dir: Path, num_samples: int) -> None:
     """Let a resumed sweep run up to `num_samples` trials in all (`--resume --num-samples N`).
 
     Tune restores its trial counter and budget from the search-generator state it saved; it has
-    no option to change the budget of a restored experiment. The newest saved state is rewritten
-    with the new budget (never below the trials already created).
+    no option to change the budget of a restored experiment. The state Tune will restore (the
+    greatest file name, as Tune picks it) is rewritten with the new budget (never below the trials
+    already created).
     """
     import glob
 
@@ -148,13 +149,14 @@ def extend_budget(sweep_dir: Path, num_samples: int) -> None:
 
     from vggt_common.files import atomic_write
 
-    saved = sorted(glob.glob(str(sweep_dir / "search_gen_state-*.json")), key=lambda p: Path(p).stat().st_mtime)
+    saved = glob.glob(str(sweep_dir / "search_gen_state-*.json"))
     if not saved:
         return
-    with open(saved[-1], "rb") as f:
+    newest = max(saved)
+    with open(newest, "rb") as f:
         state = cloudpickle.load(f)
     if state.get("total_samples") == num_samples:
         return
     state["total_samples"] = max(num_samples, state.get("counter", 0))
     state["finished"] = False
-    atomic_write(saved[-1], cloudpickle.dumps(state))
+    atomic_write(newest, cloudpickle.dumps(state))

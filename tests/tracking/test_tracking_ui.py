@@ -31,7 +31,7 @@ PARAMS = ["lora.strategy", "lora.rank", "optim.lr", "lora.trainable_params"]
 CHAMPION = {"champion.decision": "promoted", "champion.delta_vs_base": "-0.0412",
             "champion.delta_vs_base_ci_low": "-0.0533", "champion.delta_vs_base_ci_high": "-0.0297",
             "champion.confidence": "0.975", "champion.num_scenes": "6", "champion.num_windows": "24",
-            "champion.reason": "adapter - base AbsRel -0.0412 [-0.0533, -0.0297] lies below 0; no champion yet"}
+            "champion.reason": "adapter - base AbsRel -0.0412 [-0.0533, -0.0297] lies below 0; first champion"}
 TOP = 3
 ASSISTANT_CLOSE = '[data-component-id="mlflow.assistant.chat_panel.close"]'  # the side panel, for the pictures
 
