@@ -16,6 +16,7 @@ leaderboard and champion — is overhead. Goal: >= 0.90.
 """
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -75,9 +76,11 @@ def measure(args, launcher: str, work: Path) -> dict:
 
 
 def _first_steps(tracker, run_id: str) -> set[int]:
-    """Global steps that start an epoch after the first (the `step` logged with each epoch's
-    validation is the number of steps done, i.e. the index of the next epoch's first step)."""
-    return {int(m.step) for m in tracker.metric_history(run_id, "val/abs_rel")}
+    """Global steps that start an epoch after the first: where the logged epoch fraction
+    (epoch + share of it done, e.g. 1.0 at the end of the first epoch) enters a new epoch."""
+    fractions = sorted(tracker.metric_history(run_id, "train/epoch_fraction"), key=lambda m: m.step)
+    return {int(m.step) for prev, m in zip(fractions, fractions[1:])
+            if math.ceil(m.value - 1e-9) > math.ceil(prev.value - 1e-9)}
 
 
 def _last_steps(history, epoch_starts):
@@ -89,7 +92,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="sweeps/strategies.yaml")
     p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=3, help="3 epochs of 12 scenes ≈ 1 min of tiny-model steps on one core")
+    p.add_argument("--epochs", type=int, default=3, help="3 epochs of 12 scenes ≈ 30 s of tiny-model steps on one core")
     p.add_argument("--steps-per-epoch", type=int, default=1000, help="capped by the training windows")
     p.add_argument("--scenes", type=int, default=12, help="synthetic scenes (more scenes, longer epochs)")
     p.add_argument("--val-windows", type=int, default=12, help="validation windows per epoch (the shipped sweep has 12)")
