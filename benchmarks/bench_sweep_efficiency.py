@@ -92,7 +92,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="sweeps/strategies.yaml")
     p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=3, help="3 epochs of 12 scenes ≈ 30 s of tiny-model steps on one core")
+    p.add_argument("--epochs", type=int, default=6, help="6 epochs of 12 scenes ≈ 1 min of tiny-model steps on one core")
     p.add_argument("--steps-per-epoch", type=int, default=1000, help="capped by the training windows")
     p.add_argument("--scenes", type=int, default=12, help="synthetic scenes (more scenes, longer epochs)")
     p.add_argument("--val-windows", type=int, default=12, help="validation windows per epoch (the shipped sweep has 12)")
