@@ -46,8 +46,10 @@ class Interval:
     confidence: float
 
     def __str__(self) -> str:
-        return (f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}] "
-                f"({self.confidence * 100:.3g} %, {self.num_scenes} scenes, {self.num_windows} windows)")
+        rests_on = f"{self.num_scenes} scene{'s' * (self.num_scenes != 1)}, {self.num_windows} windows"
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):  # one scene: no interval
+            return f"{self.mean:+.4f} (no interval: {rests_on})"
+        return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}] ({self.confidence * 100:.3g} %, {rests_on})"
 
 
 def few_scenes_factor(num_scenes: int, confidence: float) -> float:
