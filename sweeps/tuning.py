@@ -152,11 +152,11 @@ def extend_budget(sweep_dir: Path, num_samples: int) -> None:
     saved = glob.glob(str(sweep_dir / "search_gen_state-*.json"))
     if not saved:
         return
-    newest = max(saved)
-    with open(newest, "rb") as f:
+    restored = max(saved)  # the file Tune reads
+    with open(restored, "rb") as f:
         state = cloudpickle.load(f)
     if state.get("total_samples") == num_samples:
         return
     state["total_samples"] = max(num_samples, state.get("counter", 0))
     state["finished"] = False
-    atomic_write(newest, cloudpickle.dumps(state))
+    atomic_write(restored, cloudpickle.dumps(state))
